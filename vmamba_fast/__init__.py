@@ -1,0 +1,87 @@
+"""vmamba_fast: the reference's scan operators, fast, behind an explicit `backend=`.
+
+| backend  | runs on | kernels |
+|----------|---------|---------|
+| "numba"  | CPU tensors | Numba, parallel over (batch, channel), the time loop inside |
+| "triton" | CUDA tensors (CPU tensors with TRITON_INTERPRET=1) | Triton, one program per (batch, channel block) |
+
+Every function has the reference's signature plus a keyword-only `backend`, which has no
+default: the caller always says which implementation runs. `vmamba_ref` holds the oracle that
+each backend is tested against.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from vmamba_ref.backends import BackendUnavailableError, ScanOps, check_backend_name, is_available
+
+FAST_BACKENDS = ("numba", "triton")
+
+
+def get_ops(backend: str) -> ScanOps:
+    """The operators of a fast backend, importing its kernels on first use."""
+    check_backend_name(backend)
+    if backend not in FAST_BACKENDS:
+        raise ValueError(
+            f"vmamba_fast provides backends {list(FAST_BACKENDS)}; for {backend!r} use vmamba_ref"
+        )
+    if not is_available(backend):
+        raise BackendUnavailableError(
+            f"backend {backend!r} needs the `{backend}` package: pip install 'vmamba[{backend}]'"
+        )
+    module = importlib.import_module(f"vmamba_fast.{backend}")
+    return ScanOps(
+        backend, module.cross_scan, module.cross_merge, module.selective_scan, module.ss2d_core
+    )
+
+
+def cross_scan(x: torch.Tensor, *, backend: str) -> torch.Tensor:
+    """`vmamba_ref.cross_scan` on a fast backend: (b, d, h, w) -> (b, 4, d, h*w)."""
+    return get_ops(backend).cross_scan(x)
+
+
+def cross_merge(ys: torch.Tensor, *, backend: str) -> torch.Tensor:
+    """`vmamba_ref.cross_merge` on a fast backend: (b, 4, d, h, w) -> (b, d, h, w)."""
+    return get_ops(backend).cross_merge(ys)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+    *,
+    backend: str,
+):
+    """`vmamba_ref.selective_scan` on a fast backend; same arguments, layouts and dtype rule."""
+    return get_ops(backend).selective_scan(
+        u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state, return_last_state
+    )
+
+
+def ss2d_core(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    *,
+    backend: str,
+) -> torch.Tensor:
+    """`vmamba_ref.ss2d_core` on a fast backend: cross-scan, scan and cross-merge fused."""
+    return get_ops(backend).ss2d_core(x, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+__all__ = ["cross_merge", "cross_scan", "get_ops", "selective_scan", "ss2d_core"]

@@ -1,0 +1,48 @@
+"""vmamba_ref: the readable reference implementation of VMamba, the oracle for every fast kernel.
+
+Dimension glossary (lowercase letters, so they never clash with the SSM matrices A, B, C, D):
+
+| letter | meaning                                     | VMamba-T, stage 1 at 224x224 |
+|--------|---------------------------------------------|------------------------------|
+| b      | batch                                       |                              |
+| h, w   | spatial height and width of a feature map   | 56, 56                       |
+| l      | sequence length of one route, l = h*w       | 3136                         |
+| k      | routes of the cross-scan, k = 4             | 4                            |
+| c      | model channels (stage width)                | 96                           |
+| d      | inner (SSM) channels, d = ssm_ratio * c     | 96                           |
+| n      | state size per channel (d_state)            | 1                            |
+| r      | rank of the step-size projection (dt_rank)  | 6                            |
+
+The paper: Liu et al., "VMamba: Visual State Space Model", NeurIPS 2024. Its SS2D block reads a
+feature map along four routes (cross-scan), runs Mamba's selective scan (S6) on each, and sums
+the four outputs back onto the grid (cross-merge).
+"""
+
+from vmamba_ref.backends import BackendUnavailableError, available_backends, get_ops
+from vmamba_ref.cross_scan import cross_merge, cross_scan, cross_scan_routes, route_positions
+from vmamba_ref.selective_scan import (
+    discretize_A,
+    discretize_B,
+    readout,
+    recurrence_step,
+    selective_scan,
+    step_size,
+)
+from vmamba_ref.ss2d_core import ss2d_core
+
+__all__ = [
+    "BackendUnavailableError",
+    "available_backends",
+    "cross_merge",
+    "cross_scan",
+    "cross_scan_routes",
+    "discretize_A",
+    "discretize_B",
+    "get_ops",
+    "readout",
+    "recurrence_step",
+    "route_positions",
+    "selective_scan",
+    "ss2d_core",
+    "step_size",
+]

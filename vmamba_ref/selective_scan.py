@@ -1,0 +1,122 @@
+"""The selective scan (S6): Mamba's input-dependent state-space recurrence, one step at a time.
+
+Mamba (Gu & Dao 2023) section 3.2, algorithm 2; VMamba section 3.2. The continuous system
+
+    h'(t) = A h(t) + B(t) x(t),        y(t) = C(t) h(t) + D x(t)
+
+is discretized with a step size dt that depends on the input:
+
+    dt_t  = softplus(delta_t + delta_bias)                (step size)
+    dA_t  = exp(dt_t * A)                                 (zero-order hold for A)
+    dBu_t = dt_t * B_t * u_t                              (Euler for B: ZOH simplified)
+    h_t   = dA_t * h_{t-1} + dBu_t,     h_{-1} = 0 or the given initial state
+    y_t   = sum_n C_t[n] h_t[n] + D * u_t                 (readout with skip)
+
+Layouts are VMamba's: u, delta (b, k*d, l); A (k*d, n); B, C (b, k, n, l), one B and one C per
+route, shared by that route's d channels; D, delta_bias (k*d,). Channel c belongs to route
+c // d.
+
+Dtype rule: the recurrence runs in float64 when `u` is float64 and in float32 otherwise; the
+output has that computation dtype (float32 for float16/bfloat16/float32 inputs, as VMamba's
+"oflex" kernels return), and so has the last state.
+
+Official implementation: `selective_scan_torch` in VMamba's `csms6s.py` and
+`selective_scan_ref` in Mamba's `selective_scan_interface.py`. Deviations: each step is a named
+function; there is no gate `z` (VMamba applies its gate outside the scan); an initial state
+can be passed in, so that a scan split in two with the carried state equals one scan.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vmamba_ref.checks import check_selective_scan_args
+
+
+def step_size(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
+    """dt = softplus(delta + delta_bias), or delta + delta_bias without softplus. (b, k*d, l)."""
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]  # (b, k*d, l)
+    return F.softplus(delta) if delta_softplus else delta  # (b, k*d, l)
+
+
+def discretize_A(dt: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """Zero-order hold: dA = exp(dt * A). dt (b, k*d), A (k*d, n) -> (b, k*d, n)."""
+    return torch.exp(torch.einsum("bc,cn->bcn", dt, A))
+
+
+def discretize_B(dt: torch.Tensor, B: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Euler step for the input: dBu = dt * B * u. dt, u (b, k*d); B (b, k*d, n) -> (b, k*d, n)."""
+    return torch.einsum("bc,bcn,bc->bcn", dt, B, u)
+
+
+def recurrence_step(h: torch.Tensor, dA: torch.Tensor, dBu: torch.Tensor) -> torch.Tensor:
+    """h_t = dA_t * h_{t-1} + dBu_t. All (b, k*d, n)."""
+    return dA * h + dBu
+
+
+def readout(h: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
+    """y_t = sum_n C_t[n] h_t[n] + D u_t. h, C (b, k*d, n); D (k*d,); u (b, k*d) -> (b, k*d)."""
+    y = torch.einsum("bcn,bcn->bc", C, h)  # (b, k*d)
+    return y if D is None else y + D * u
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the recurrence runs in and returns: float64 stays float64, all else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Run the selective scan over every channel of every route, a visible loop over time.
+
+    Args:
+        u: input sequences (b, k*d, l).
+        delta: step-size logits (b, k*d, l), same dtype as u.
+        A: state matrix diagonal (k*d, n), real and normally negative.
+        B, C: input and output projections (b, k, n, l), one per route.
+        D: skip weights (k*d,) or None.
+        delta_bias: added to delta before softplus (k*d,) or None.
+        delta_softplus: apply softplus to delta + delta_bias.
+        initial_state: h_{-1} (b, k*d, n) or None for zeros.
+        return_last_state: also return h_{l-1} (b, k*d, n).
+
+    Returns:
+        y (b, k*d, l) in float32 (float64 for float64 u); with `return_last_state`, (y, h_last).
+    """
+    b, k, d, l, n = check_selective_scan_args(
+        "selective_scan", u, delta, A, B, C, D, delta_bias, initial_state
+    )
+    dtype = compute_dtype(u.dtype)
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    D = None if D is None else D.to(dtype)
+    delta_bias = None if delta_bias is None else delta_bias.to(dtype)
+
+    dt = step_size(delta, delta_bias, delta_softplus)  # (b, k*d, l)
+    # Each route's B and C serve all d channels of that route.
+    B = B[:, :, None].expand(b, k, d, n, l).reshape(b, k * d, n, l)  # (b, k*d, n, l)
+    C = C[:, :, None].expand(b, k, d, n, l).reshape(b, k * d, n, l)  # (b, k*d, n, l)
+
+    h = u.new_zeros(b, k * d, n) if initial_state is None else initial_state.to(dtype)  # (b, k*d, n)
+    # unbind() hands out one view per step; its backward is a single stack, not l full-size
+    # zero tensors as indexing u[..., t] would give.
+    steps = zip(u.unbind(-1), dt.unbind(-1), B.unbind(-1), C.unbind(-1), strict=True)
+    ys = []
+    for u_t, dt_t, B_t, C_t in steps:  # for t in range(l)
+        dA = discretize_A(dt_t, A)  # (b, k*d, n)
+        dBu = discretize_B(dt_t, B_t, u_t)  # (b, k*d, n)
+        h = recurrence_step(h, dA, dBu)  # (b, k*d, n)
+        ys.append(readout(h, C_t, D, u_t))  # (b, k*d)
+    y = torch.stack(ys, dim=-1)  # (b, k*d, l)
+    return (y, h) if return_last_state else y
