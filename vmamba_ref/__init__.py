@@ -18,8 +18,27 @@ feature map along four routes (cross-scan), runs Mamba's selective scan (S6) on 
 the four outputs back onto the grid (cross-merge).
 """
 
-from vmamba_ref.backends import BackendUnavailableError, available_backends, get_ops
+from vmamba_ref.backends import (
+    BackendUnavailableError,
+    available_backends,
+    fastest_backend,
+    get_ops,
+)
+from vmamba_ref.checkpoint import CheckpointMismatchError, LoadReport, load_checkpoint
+from vmamba_ref.config import SS2DConfig, VMambaConfig
 from vmamba_ref.cross_scan import cross_merge, cross_scan, cross_scan_routes, route_positions
+from vmamba_ref.model import (
+    MODELS,
+    VMamba,
+    VSSBlock,
+    vmamba_base,
+    vmamba_mini,
+    vmamba_small,
+    vmamba_tiny,
+    vmamba_vanilla_base,
+    vmamba_vanilla_small,
+    vmamba_vanilla_tiny,
+)
 from vmamba_ref.selective_scan import (
     discretize_A,
     discretize_B,
@@ -28,10 +47,28 @@ from vmamba_ref.selective_scan import (
     selective_scan,
     step_size,
 )
+from vmamba_ref.ss2d import SS2D
 from vmamba_ref.ss2d_core import ss2d_core
 
 __all__ = [
+    "MODELS",
+    "SS2D",
     "BackendUnavailableError",
+    "CheckpointMismatchError",
+    "LoadReport",
+    "SS2DConfig",
+    "VMamba",
+    "VMambaConfig",
+    "VSSBlock",
+    "fastest_backend",
+    "load_checkpoint",
+    "vmamba_base",
+    "vmamba_mini",
+    "vmamba_small",
+    "vmamba_tiny",
+    "vmamba_vanilla_base",
+    "vmamba_vanilla_small",
+    "vmamba_vanilla_tiny",
     "available_backends",
     "cross_merge",
     "cross_scan",

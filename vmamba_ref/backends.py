@@ -58,6 +58,13 @@ def available_backends() -> list[str]:
     return [name for name in ("numba", "triton", "ref") if is_available(name)]
 
 
+def fastest_backend(device: str = "cpu") -> str:
+    """The fastest backend installed for `device` ("cpu": numba, else ref; "cuda": triton, else
+    ref). For programs that pick for the user; they should say which one they picked."""
+    preferred = "numba" if str(device).startswith("cpu") else "triton"
+    return preferred if is_available(preferred) else "ref"
+
+
 def get_ops(backend: str) -> ScanOps:
     """The scan operators of `backend`. Raises ValueError for an unknown name and
     BackendUnavailableError when its dependency is missing."""

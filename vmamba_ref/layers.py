@@ -1,0 +1,72 @@
+"""Small building blocks of the channel-first network: every tensor is (b, c, h, w).
+
+The released VMamba models are channel-first (official `norm_layer="ln2d"`): a LayerNorm
+normalises the channels of each pixel, and every "linear" layer is a 1x1 convolution whose weight
+is stored in nn.Linear's (out, in) shape, so checkpoints keep the linear layers' keys and shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel axis of a (b, c, h, w) map, per pixel (not GroupNorm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # (b, c, h, w) -> (b, h, w, c)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)  # (b, h, w, c) -> (b, c, h, w)
+
+
+class Linear2d(nn.Linear):
+    """A per-pixel linear map (a 1x1 convolution) with nn.Linear's (out, in) weight."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight[:, :, None, None], self.bias)  # (b, in, h, w) -> (b, out, h, w)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Accept (out, in, 1, 1) convolution weights as well as (out, in).
+        key = prefix + "weight"
+        if key in state_dict and state_dict[key].dim() == 4 and state_dict[key].shape[2:] == (1, 1):
+            state_dict[key] = state_dict[key][:, :, 0, 0]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): in training, zero a whole residual branch per sample
+    with probability p and scale the kept ones by 1 / (1 - p); identity in evaluation."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"DropPath: p must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)  # (b, 1, 1, 1)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Mlp(nn.Module):
+    """The channel MLP of a VSS block: fc1 (c -> hidden) -> GELU (exact) -> fc2 (hidden -> c)."""
+
+    def __init__(self, c: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = Linear2d(c, hidden)
+        self.act = nn.GELU()
+        self.fc2 = Linear2d(hidden, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))  # (b, c, h, w) -> (b, hidden, h, w) -> (b, c, h, w)
+
+
+ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "identity": nn.Identity}

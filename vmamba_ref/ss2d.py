@@ -1,0 +1,82 @@
+"""SS2D, the 2-D selective-scan token mixer of VMamba (paper section 3.3, figure 3).
+
+For a feature map x (b, c, h, w), channel-first as the released models:
+
+    x  = in_proj(x)                     (b, d, h, w)   1x1, no bias   [gated: (b, 2d, h, w) -> x, z]
+    x  = act(depthwise_conv3x3(x))      (b, d, h, w)
+    per route k and pixel:  (dt_k, B_k, C_k) = x_proj_k(x),  delta_k = dt_proj_k(dt_k)
+    y  = ss2d_core(x, delta, A, B, C, D, dt_bias)   cross-scan, S6 per route, cross-merge
+    y  = out_norm(y)                    LayerNorm over d
+    y  = y * act(z)                     only when gated (Vanilla VMamba)
+    out = out_proj(y)                   (b, c, h, w)   1x1, no bias
+
+The headline models (official `forward_type="v05_noz"`) have no gate; Vanilla VMamba (`"v0"`)
+has one, with d_state 16 and a conv bias. Both are this class with another `SS2DConfig`.
+
+Official implementation: `SS2Dv2.forward_corev2` and `SS2Dv0.forward` in VMamba's `vmamba.py`.
+Deviation: x_proj and dt_proj run on the grid before the scan instead of on the scanned copies;
+they are per-pixel maps, so they commute with the route permutation (tested), and this is what
+lets a fused kernel skip the four scanned copies.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vmamba_ref.backends import get_ops
+from vmamba_ref.config import SS2DConfig
+from vmamba_ref.cross_scan import ROUTES
+from vmamba_ref.init import init_ssm_
+from vmamba_ref.layers import ACTIVATIONS, LayerNorm2d, Linear2d
+from vmamba_ref.selective_scan import compute_dtype
+
+
+class SS2D(nn.Module):
+    """The SS2D mixer for a stage of width `c` (d = int(ssm_ratio * c), r = dt_rank)."""
+
+    def __init__(self, c: int, config: SS2DConfig = SS2DConfig(), backend: str = "ref", eps: float = 1e-5):
+        super().__init__()
+        d, n, r, k = config.inner_dim(c), config.d_state, config.rank(c), ROUTES
+        self.config, self.d, self.n, self.r = config, d, n, r
+        self.backend = backend
+        self.ops = get_ops(backend)
+        # SSM parameters first, so the state_dict order matches the official checkpoints.
+        self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, d))  # (k, r+2n, d)
+        self.A_logs = nn.Parameter(torch.empty(k * d, n))  # (k*d, n)
+        self.Ds = nn.Parameter(torch.empty(k * d))  # (k*d,)
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d, r))  # (k, d, r)
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d))  # (k, d)
+        self.out_norm = LayerNorm2d(d, eps=eps)
+        self.in_proj = Linear2d(c, 2 * d if config.gated else d, bias=False)
+        self.act = ACTIVATIONS[config.act]()
+        self.conv2d = nn.Conv2d(
+            d, d, config.d_conv, padding=config.d_conv // 2, groups=d, bias=config.conv_bias
+        )
+        self.out_proj = Linear2d(d, c, bias=False)
+        init_ssm_(self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds, config)
+
+    def scan(self, x: torch.Tensor) -> torch.Tensor:
+        """The selective-scan part: projections per route, then the SS2D core. (b, d, h, w) ->
+        (b, d, h, w) in float32 (float64 for float64 x)."""
+        x_dbl = torch.einsum("b d h w, k e d -> b k e h w", x, self.x_proj_weight)  # (b, k, r+2n, h, w)
+        dts, Bs, Cs = torch.split(x_dbl, [self.r, self.n, self.n], dim=2)  # (b,k,r,h,w), (b,k,n,h,w) x2
+        delta = torch.einsum("b k r h w, k d r -> b k d h w", dts, self.dt_projs_weight)  # (b, k, d, h, w)
+        dtype = compute_dtype(x.dtype)  # the SSM parameters enter in float32 at least
+        A = -torch.exp(self.A_logs.to(dtype))  # (k*d, n)
+        D, delta_bias = self.Ds.to(dtype), self.dt_projs_bias.to(dtype).reshape(-1)  # (k*d,) each
+        return self.ops.ss2d_core(x, delta, A, Bs, Cs, D, delta_bias, True)  # (b, d, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.in_proj(x)  # (b, c, h, w) -> (b, d, h, w) or (b, 2d, h, w)
+        if self.config.gated:
+            x, z = x.chunk(2, dim=1)  # (b, d, h, w) each
+            z = self.act(z)  # (b, d, h, w)
+        x = self.act(self.conv2d(x))  # (b, d, h, w)
+        y = self.out_norm(self.scan(x)).to(x.dtype)  # (b, d, h, w)
+        if self.config.gated:
+            y = y * z  # (b, d, h, w)
+        return self.out_proj(y)  # (b, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"d={self.d}, n={self.n}, r={self.r}, backend={self.backend!r}"
