@@ -1,0 +1,94 @@
+"""`vmamba bench MODEL`: images per second for a backend, batch size, resolution and dtype.
+
+Prints a table (median, slowest and fastest pass, overall mean) and, with `--json PATH`, writes
+the report described in `vmamba_ref.bench`. An unavailable backend is refused with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vmamba_ref.backends import BACKENDS, BackendUnavailableError
+from vmamba_ref.bench import DTYPES, BenchConfig, format_result, run_benchmark
+from vmamba_ref.model import MODELS
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = BenchConfig(model="vmamba_mini")
+    parser.add_argument("model", choices=sorted(MODELS), help="a named model of vmamba_ref.MODELS")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=defaults.backend,
+        help=f"scan backend (default {defaults.backend}); an unavailable one is refused",
+    )
+    parser.add_argument("--batch-size", type=_int_at_least(1), default=defaults.batch_size)
+    parser.add_argument("--resolution", type=_int_at_least(1), default=defaults.resolution)
+    parser.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default=defaults.dtype,
+        help="float32 as is; bfloat16/float16 under torch.autocast",
+    )
+    parser.add_argument("--device", default=defaults.device, help="cpu (default), cuda or cuda:N")
+    parser.add_argument(
+        "--warmup", type=_int_at_least(0), default=defaults.warmup, help="untimed passes first"
+    )
+    parser.add_argument(
+        "--iters", type=_int_at_least(1), default=defaults.iters, help="timed passes"
+    )
+    parser.add_argument(
+        "--train",
+        action="store_true",
+        help="time forward + cross-entropy + backward (optimizer step excluded)",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="PATH", help="also write the report as JSON here"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = BenchConfig(
+            model=args.model,
+            backend=args.backend,
+            batch_size=args.batch_size,
+            resolution=args.resolution,
+            dtype=args.dtype,
+            device=args.device,
+            warmup=args.warmup,
+            iters=args.iters,
+            train=args.train,
+            seed=args.seed,
+        )
+    except ValueError as err:
+        print(f"vmamba bench: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = run_benchmark(config, progress=sys.stderr.isatty())
+    except BackendUnavailableError as err:
+        print(f"vmamba bench: {err}", file=sys.stderr)
+        return 2
+    print(format_result(result))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"report written to {args.json}")
+    return 0
