@@ -1,5 +1,101 @@
-"""Tools to test any implementation of VMamba's scan operators against the reference."""
+"""Tools to test any implementation of VMamba's scan operators against the reference.
+
+Property-test your own kernel in a few lines (docs/testing.md walks through it):
+
+    from vmamba_ref.testing import check_selective_scan
+    check_selective_scan(my_selective_scan)   # raises AssertionError with a shrunk counterexample
+
+| module          | what it holds                                                                  |
+|-----------------|--------------------------------------------------------------------------------|
+| `strategies`    | Hypothesis strategies of valid inputs: `selective_scan_inputs()`, ...          |
+| `cases`         | the concrete cases those strategies draw, each rebuildable by a pasteable call |
+| `compare`       | `assert_matches_reference(fn, inputs, op=...)`: one comparison, full report    |
+| `checks`        | `check_cross_scan`, ..., `check_kernel`, `make_test`: property tests            |
+| `diagnose`      | names the likely bug behind a mismatch                                         |
+| `tolerances`    | the one tolerance table, per dtype                                             |
+| `nan_buffers`   | `nan_filled_empty()`: NaN-filled `empty` buffers so unwritten elements fail    |
+| `profiles`      | Hypothesis profiles `dev`, `ci`, `thorough`                                    |
+| `mutants`       | kernels with planted bugs, which the kit must catch                            |
+| `pytest_plugin` | opt-in fixtures and `--vmamba-examples` (`-p vmamba_ref.testing.pytest_plugin`) |
+"""
+
+import importlib
+from typing import Any
 
 from vmamba_ref.testing.tolerances import TOLERANCES, Tolerance, tolerance
 
-__all__ = ["TOLERANCES", "Tolerance", "tolerance"]
+# Everything but the tolerance table loads on first use, so that `tolerances` (and `cases`,
+# `compare`, `nan_buffers`) work without Hypothesis, which only the test extra installs.
+_LAZY = {
+    "INITS": "cases",
+    "CrossMergeCase": "cases",
+    "CrossScanCase": "cases",
+    "KernelInputs": "cases",
+    "SS2DCoreCase": "cases",
+    "SelectiveScanCase": "cases",
+    "CheckReport": "checks",
+    "KernelMismatchError": "checks",
+    "check_cross_merge": "checks",
+    "check_cross_scan": "checks",
+    "check_kernel": "checks",
+    "check_selective_scan": "checks",
+    "check_ss2d_core": "checks",
+    "make_test": "checks",
+    "assert_matches_reference": "compare",
+    "mismatch_report": "compare",
+    "nan_filled_empty": "nan_buffers",
+    "load_profile": "profiles",
+    "cross_merge_inputs": "strategies",
+    "cross_scan_inputs": "strategies",
+    "selective_scan_inputs": "strategies",
+    "ss2d_core_inputs": "strategies",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public names of the kit's modules on first access."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'vmamba_ref.testing' has no attribute {name!r}")
+    try:
+        module = importlib.import_module(f"vmamba_ref.testing.{_LAZY[name]}")
+    except ModuleNotFoundError as err:
+        if err.name == "hypothesis":
+            raise ModuleNotFoundError(
+                f"vmamba_ref.testing.{name} needs Hypothesis: pip install 'vmamba[test]'",
+                name="hypothesis",
+            ) from err
+        raise
+    return getattr(module, name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = [
+    "INITS",
+    "TOLERANCES",
+    "CheckReport",
+    "CrossMergeCase",
+    "CrossScanCase",
+    "KernelInputs",
+    "KernelMismatchError",
+    "SS2DCoreCase",
+    "SelectiveScanCase",
+    "Tolerance",
+    "assert_matches_reference",
+    "check_cross_merge",
+    "check_cross_scan",
+    "check_kernel",
+    "check_selective_scan",
+    "check_ss2d_core",
+    "cross_merge_inputs",
+    "cross_scan_inputs",
+    "load_profile",
+    "make_test",
+    "mismatch_report",
+    "nan_filled_empty",
+    "selective_scan_inputs",
+    "ss2d_core_inputs",
+    "tolerance",
+]
