@@ -158,6 +158,25 @@ def test_count_does_not_depend_on_the_backend(backend):
     assert other.total == reference.total
 
 
+def test_the_fast_custom_op_formula_agrees():
+    """vmamba_fast.ops registers the fused SS2D core as `vmamba::ss2d_core` with its own FLOP
+    formula; counted through torch's FlopCounterMode it must give the authors' count too."""
+    pytest.importorskip("vmamba_fast.ops")
+    from torch.utils.flop_counter import flop_registry
+
+    op = getattr(torch.ops.vmamba, "ss2d_core", None)
+    if op is None or op not in flop_registry:
+        pytest.skip("vmamba_fast.ops registers no FLOP formula for vmamba::ss2d_core")
+    for b, d, h, w, n in [(1, 96, 56, 56, 1), (2, 24, 5, 7, 16)]:
+        x = torch.empty(b, d, h, w, device="meta")
+        delta = torch.empty(b, 4, d, h, w, device="meta")
+        A = torch.empty(4 * d, n, device="meta")
+        B = C = torch.empty(b, 4, n, h, w, device="meta")
+        D = delta_bias = torch.empty(4 * d, device="meta")
+        flops = flop_registry[op](x, delta, A, B, C, D, delta_bias, True, out_val=x)
+        assert flops == selective_scan_flops(b, 4 * d, h * w, n)
+
+
 def test_counting_a_real_model_leaves_it_untouched():
     torch.manual_seed(0)
     model = vmamba_mini()
