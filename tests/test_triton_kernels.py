@@ -1,0 +1,269 @@
+"""Claims of vmamba_fast/triton that need no interpreter: its errors, that its kernels compile for
+real GPUs (no GPU needed to compile), and, on a CUDA machine, that they match the reference.
+
+The comparisons of every kernel with the reference on the CPU run in the interpreter, from
+tests/test_triton_interpreter.py.
+"""
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+
+import vmamba_ref
+from vmamba_ref.backends import BackendUnavailableError, is_available
+from vmamba_ref.testing.cases import SS2DCoreCase
+from vmamba_ref.testing.compare import assert_matches_reference
+from vmamba_ref.testing.strategies import selective_scan_inputs, ss2d_core_inputs
+
+pytestmark = pytest.mark.skipif(not is_available("triton"), reason="triton is not installed")
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA = torch.cuda.is_available()
+
+
+def triton_module(name: str):
+    return importlib.import_module(f"vmamba_fast.triton.{name}")
+
+
+def triton_ops():
+    import vmamba_fast
+
+    return vmamba_fast.get_ops("triton")
+
+
+def scan_args(b=1, k=2, d=3, l=5, n=2, dtype=torch.float32):
+    return dict(
+        u=torch.randn(b, k * d, l, dtype=dtype),
+        delta=torch.randn(b, k * d, l, dtype=dtype),
+        A=-torch.rand(k * d, n),
+        B=torch.randn(b, k, n, l, dtype=dtype),
+        C=torch.randn(b, k, n, l, dtype=dtype),
+        D=torch.randn(k * d),
+        delta_bias=torch.randn(k * d),
+    )
+
+
+def ss2d_args(b=1, d=3, h=2, w=3, n=2, dtype=torch.float32):
+    return dict(
+        x=torch.randn(b, d, h, w, dtype=dtype),
+        delta=torch.randn(b, 4, d, h, w, dtype=dtype),
+        A=-torch.rand(4 * d, n),
+        B=torch.randn(b, 4, n, h, w, dtype=dtype),
+        C=torch.randn(b, 4, n, h, w, dtype=dtype),
+        D=torch.randn(4 * d),
+        delta_bias=torch.randn(4 * d),
+    )
+
+
+def _bad(args, **changes):
+    return {**args, **changes}
+
+
+BAD_CALLS = [
+    ("selective_scan", _bad(scan_args(), A=-torch.rand(5, 2))),  # A not (k*d, n)
+    ("selective_scan", _bad(scan_args(), delta=torch.randn(1, 6, 5, dtype=torch.float64))),
+    ("selective_scan", _bad(scan_args(), D=torch.tensor([1.0, float("nan"), 0, 0, 0, 0]))),
+    ("selective_scan", _bad(scan_args(), B=torch.randn(1, 4, 2, 5))),  # k=4 does not divide 6
+    ("selective_scan", _bad(scan_args(), u=torch.randn(6, 5))),
+    ("selective_scan", _bad(scan_args(), C=torch.randn(1, 2, 2, 5).int())),
+    ("ss2d_core", _bad(ss2d_args(), delta=torch.randn(1, 3, 3, 2, 3))),  # 3 routes
+    ("ss2d_core", _bad(ss2d_args(), A=-torch.rand(3, 2))),  # A not (4*d, n)
+    ("ss2d_core", _bad(ss2d_args(), B=torch.randn(1, 4, 2, 2, 3, dtype=torch.float16))),
+    ("ss2d_core", _bad(ss2d_args(), delta_bias=torch.zeros(12).fill_(float("inf")))),
+    ("cross_scan", {"x": torch.randn(2, 3, 4)}),
+    ("cross_scan", {"x": torch.zeros(1, 2, 3, 4, dtype=torch.int64)}),
+    ("cross_merge", {"ys": torch.randn(1, 3, 2, 3, 4)}),
+]
+
+
+@pytest.mark.parametrize(
+    ("op", "args"), BAD_CALLS, ids=[f"{op}-{i}" for i, (op, _) in enumerate(BAD_CALLS)]
+)
+def test_argument_errors_are_the_references(op, args):
+    with pytest.raises((TypeError, ValueError)) as expected:
+        getattr(vmamba_ref, op)(**args)
+    with pytest.raises(expected.type) as got:
+        getattr(triton_ops(), op)(**args)
+    assert str(got.value) == str(expected.value)
+
+
+def interpreted() -> bool:
+    return triton_module("cross_scan").is_interpreted()
+
+
+@pytest.mark.skipif("interpreted()", reason="this process runs triton in interpreter mode")
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        ("selective_scan", scan_args()),
+        ("ss2d_core", ss2d_args()),
+        ("cross_scan", {"x": torch.randn(1, 2, 3, 4)}),
+        ("cross_merge", {"ys": torch.randn(1, 4, 2, 3, 4)}),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_cpu_tensors_without_the_interpreter_raise_saying_what_to_do(op, args):
+    with pytest.raises(BackendUnavailableError) as err:
+        getattr(triton_ops(), op)(**args)
+    message = str(err.value)
+    for advice in ("CUDA tensors", "TRITON_INTERPRET=1", "backend='numba'", "backend='ref'"):
+        assert advice in message
+
+
+def test_missing_triton_raises_saying_what_to_install():
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "from vmamba_ref.backends import BackendUnavailableError\n"
+        "try:\n"
+        "    import vmamba_fast.triton\n"
+        "except BackendUnavailableError as err:\n"
+        "    print(err)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'vmamba[triton]'" in result.stdout
+    assert "backend='numba'" in result.stdout
+
+
+def test_default_tiles_are_powers_of_two_within_the_register_budget():
+    sel = triton_module("selective_scan")
+    for d, n, l in [(96, 1, 3136), (768, 1, 49), (1, 1, 1), (5, 3, 17), (192, 16, 784)]:
+        blocks = sel.scan_blocks(d, n, l)
+        block_n = 1 << (n - 1).bit_length()
+        for size in (blocks.block_d, blocks.block_t):
+            assert size >= 1 and size & (size - 1) == 0
+        assert blocks.block_t <= sel.MAX_BLOCK_T
+        budget = sel.TILE_ELEMENTS_N1 if block_n == 1 else sel.TILE_ELEMENTS
+        assert blocks.block_d * block_n * blocks.block_t <= max(budget, block_n * blocks.block_t)
+
+
+# Compiling for a GPU needs Triton's NVIDIA backend (shipped in its wheel), not a GPU. It catches
+# what the interpreter lets through: type errors in loops, unsupported ops, layout conversions.
+COMPILE_VARIANTS = [
+    # (kernel, pointer dtypes of the data, constexprs, compute capability)
+    ("selective_scan", "_fwd_kernel", "bf16", dict(ROUTE_ORDER=False, HAS_H0=True, STORE_CKPT=True), 90),
+    ("selective_scan", "_bwd_kernel", "bf16", dict(ROUTE_ORDER=False, HAS_H0=True, HAS_GH_LAST=True), 90),
+    ("selective_scan", "_fwd_kernel", "fp16", dict(ROUTE_ORDER=True, HAS_H0=False, STORE_CKPT=False), 90),
+    ("selective_scan", "_bwd_kernel", "fp32", dict(ROUTE_ORDER=True, HAS_H0=False, HAS_GH_LAST=False), 90),
+    ("selective_scan", "_fwd_kernel", "fp64", dict(ROUTE_ORDER=True, HAS_H0=False, STORE_CKPT=True), 90),
+    ("selective_scan", "_bwd_kernel", "fp64", dict(ROUTE_ORDER=False, HAS_H0=True, HAS_GH_LAST=False), 90),
+    ("selective_scan", "_fwd_kernel", "bf16", dict(ROUTE_ORDER=True, HAS_H0=False, STORE_CKPT=True), 80),
+    ("selective_scan", "_bwd_kernel", "bf16", dict(ROUTE_ORDER=True, HAS_H0=False, HAS_GH_LAST=False), 80),
+    ("cross_scan", "_cross_scan_kernel", "bf16", {}, 90),
+    ("cross_scan", "_cross_merge_kernel", "fp16", {}, 90),
+]  # fmt: skip
+
+
+def gpu_compiler():
+    """`compile(fn, signature, constexprs, arch)` for NVIDIA GPUs, or a reason to skip."""
+    import triton
+
+    if interpreted():
+        return None, "this process runs triton in interpreter mode"
+    try:
+        from triton.backends import backends
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as err:
+        return None, f"this triton has no compiler API to call: {err}"
+    if "nvidia" not in backends:
+        return None, "triton's NVIDIA backend is not installed"
+
+    def compile_(fn, signature, constexprs, arch):
+        source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+        return triton.compile(source, target=GPUTarget("cuda", arch, 32))
+
+    return compile_, None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("module", "kernel", "dtype", "flags", "arch"), COMPILE_VARIANTS)
+def test_kernels_compile_for_nvidia_gpus(module, kernel, dtype, flags, arch):
+    import triton.language as tl
+
+    compile_, reason = gpu_compiler()
+    if compile_ is None:
+        pytest.skip(reason)
+    fn = getattr(triton_module(module), kernel)
+    acc = tl.float64 if dtype == "fp64" else tl.float32
+    data = {"p_u", "p_delta", "p_B", "p_C", "p_gdelta", "p_x", "p_xs", "p_ys", "p_y"}
+    if kernel == "_fwd_kernel":
+        data.discard("p_y")  # y is in the computation dtype
+    signature = {
+        p.name: "constexpr"
+        if p.is_constexpr
+        else f"*{dtype if p.name in data else 'fp32'}"
+        if p.name.startswith("p_")
+        else "i32"
+        for p in fn.params
+    }
+    if dtype == "fp64":
+        signature = {k: "*fp64" if v.startswith("*") else v for k, v in signature.items()}
+    if kernel.startswith("_cross"):
+        constexprs = dict(BLOCK_D=16, BLOCK_T=64)
+        if kernel == "_cross_merge_kernel":
+            constexprs["ACC"] = acc
+    else:
+        constexprs = dict(
+            BLOCK_D=8, BLOCK_N=1 if arch == 90 else 4, BLOCK_T=64, ACC=acc,
+            DELTA_SOFTPLUS=True, HAS_D=True, HAS_DELTA_BIAS=True, **flags,
+        )  # fmt: skip
+    compiled = compile_(fn, signature, constexprs, arch)
+    assert compiled.asm["cubin"]
+
+
+# On a CUDA machine: the kernels against the reference at sizes the interpreter cannot reach.
+needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+ON_GPU = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@ON_GPU
+@given(
+    inputs=selective_scan_inputs(
+        dtypes=GPU_DTYPES, routes=(1, 4), max_channels=40, max_length=200, max_state=16,
+        requires_grad=True, device="cuda",
+    )
+)  # fmt: skip
+def test_selective_scan_matches_reference_on_the_gpu(inputs):
+    assert_matches_reference(
+        triton_ops().selective_scan, inputs, op="selective_scan", check_grad=True
+    )
+
+
+@pytest.mark.gpu
+@needs_gpu
+@ON_GPU
+@given(
+    inputs=ss2d_core_inputs(
+        dtypes=GPU_DTYPES,
+        max_channels=40,
+        max_side=17,
+        max_state=4,
+        requires_grad=True,
+        device="cuda",
+    )
+)
+def test_ss2d_core_matches_reference_on_the_gpu(inputs):
+    assert_matches_reference(triton_ops().ss2d_core, inputs, op="ss2d_core", check_grad=True)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("side", "d"), [(56, 96), (7, 768)], ids=["stage1", "stage4"])
+def test_vmamba_tiny_stage_shapes_match_reference_on_the_gpu(side, d, dtype):
+    case = SS2DCoreCase(
+        batch=2, channels=d, height=side, width=side, state=1, dtype=dtype, requires_grad=True,
+        device="cuda",
+    )  # fmt: skip
+    assert_matches_reference(triton_ops().ss2d_core, case.build(), op="ss2d_core", check_grad=True)
