@@ -1,0 +1,25 @@
+"""The Numba backend: VMamba's scan operators as CPU kernels, forward and backward.
+
+    from vmamba_fast import get_ops
+    ops = get_ops("numba")          # cross_scan, cross_merge, selective_scan, ss2d_core
+
+Each function has the signature, layouts and dtype rule of its `vmamba_ref` twin, runs on CPU
+tensors only (CUDA tensors raise: use backend="triton" or "ref") and is differentiable through
+the `vmamba::*` custom operators of `vmamba_fast.ops`. One file per concept, as in `vmamba_ref`:
+
+| file                | what                                                              |
+|---------------------|-------------------------------------------------------------------|
+| `cross_scan.py`     | cross_scan, cross_merge: copies along the four routes              |
+| `selective_scan.py` | the S6 scan: streaming forward, recomputing backward, the tile routines |
+| `ss2d_core.py`      | cross-scan + scan + cross-merge fused, forward and backward       |
+| `config.py`         | every Numba flag and tile size                                    |
+
+Dimension letters as in `vmamba_ref`: b batch, h, w grid, l = h*w, k = 4 routes, d channels,
+n state size.
+"""
+
+from vmamba_fast.numba.cross_scan import cross_merge, cross_scan
+from vmamba_fast.numba.selective_scan import selective_scan
+from vmamba_fast.numba.ss2d_core import ss2d_core
+
+__all__ = ["cross_merge", "cross_scan", "selective_scan", "ss2d_core"]

@@ -1,0 +1,856 @@
+"""The selective scan (S6) on the CPU: Numba kernels, forward and backward, that stream the recurrence.
+
+Same function, signature, layouts and dtype rule as `vmamba_ref.selective_scan`, the oracle
+(Mamba section 3.2, algorithm 2; VMamba section 3.2). For channel c of route k and step t:
+
+    (1a) x_t   = delta_t + delta_bias                 dt_t = softplus(x_t)   (or x_t)
+    (1b) dA_tn = exp(dt_t * A_n)                      dBu_tn = dt_t * B_tn * u_t
+    (2)  h_tn  = dA_tn * h_{t-1,n} + dBu_tn           h_{-1} = initial_state or 0
+    (3)  y_t   = sum_n C_tn h_tn + D u_t
+
+Kernel design. The outer, parallel loop (`prange`) runs over work items (batch bi, route ki,
+block of channels c0:c1 of that route): every item owns its outputs, so results do not depend on
+the thread count. An item walks time in tiles of `CONFIG.time_tile` steps; each tile has three
+phases, chosen so that everything expensive runs in SIMD over contiguous memory:
+
+    phase 1, `discretize`  (1a, 1b) copy the tile into contiguous scratch, then softplus and
+                           exp along time: one vector lane per time step
+    phase 2, `recurrence`  (2) the only sequential part: cb*n independent chains advanced
+                           together, so their FMA latencies overlap
+    phase 3, `readout`     (3) along time again, SIMD
+
+The backward pass recomputes instead of storing: a first sweep keeps the state at each tile
+start (cb*n numbers per tile), then tiles are revisited last to first, each recomputing its
+states from the checkpoint and running the adjoint recurrence
+
+    (4)  g_tn = dy_t C_tn + dA_{t+1,n} g_{t+1,n}       g at t = l-1 starts from d(last state)
+
+from which every gradient is a sum of products along time (see `_scan_tile_bwd`). Memory stays
+O(b*k*d*l): no (b, k*d, l, n) tensor is ever allocated.
+
+Arithmetic: float32 inputs run in float32 with a polynomial `exp` and an `atanh`-series `log1p`
+that LLVM vectorizes (libm's scalar `expf` is 10x slower in a loop); float64 inputs run in float64
+with libm, to match the reference to 1e-9. float16/bfloat16 inputs are converted to float32
+before the kernel (Numba has no bfloat16), as the reference does.
+
+Official implementation: `selective_scan_fwd/bwd` in VMamba's `csms6s` CUDA kernels (which keep
+chunk states in shared memory the same way). Deviations: no gate z, an initial state and the
+last state are supported, and the gradient with respect to the initial state is returned.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+from vmamba_fast import ops
+from vmamba_fast.numba.config import CONFIG, JIT, PARALLEL_JIT
+from vmamba_ref.backends import BackendUnavailableError
+from vmamba_ref.checks import check_selective_scan_args
+from vmamba_ref.selective_scan import compute_dtype
+
+# ------------------------------------------------------------------------------------------------
+# Scalar arithmetic: exp, log1p, softplus and sigmoid that vectorize and survive fastmath.
+# Each is a Python stub whose Numba implementation is picked by dtype at compile time.
+# ------------------------------------------------------------------------------------------------
+
+_LN2_HI = np.float32(0.693359375)  # ln 2 split in two (Cody-Waite): hi has few mantissa bits,
+_LN2_LO = np.float32(-2.12194440e-4)  # so z * hi is exact for |z| < 2^9
+_EXP_LO = np.float32(-87.33654)  # exp below this is under FLT_MIN: flushed to zero
+_EXP_HI = np.float32(88.72283)  # exp above this overflows: inf
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """Reinterpret an int32 as the float32 with those bits (a register move, no conversion)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return sig, codegen
+
+
+def exp_(x):
+    """exp(x); float32 by a vectorizable polynomial (max relative error 1.2e-7), float64 by libm."""
+    return math.exp(x)
+
+
+def log1p_(e):
+    """log(1 + e) for e in [0, 1]; float32 by a vectorizable series, float64 by libm."""
+    return math.log1p(e)
+
+
+def zero_of(a):
+    """A zero of array `a`'s dtype (a float literal would promote float32 arithmetic to float64)."""
+    return a.dtype.type(0)
+
+
+@overload(exp_, inline="always")
+def _exp_impl(x):
+    if x == types.float32:
+
+        def exp32(x):
+            # exp(x) = 2^z * exp(r), z = round(x / ln2), |r| <= ln2/2 (Cephes expf polynomial).
+            # The clamps are written so that NaN compares false and passes through unchanged.
+            xc = _EXP_LO if x < _EXP_LO else x
+            xc = _EXP_HI if xc > _EXP_HI else xc
+            z = np.floor(
+                xc * np.float32(1.4426950408889634) + np.float32(0.5)
+            )  # np.floor keeps float32
+            r = xc - z * _LN2_HI
+            r = r - z * _LN2_LO
+            p = np.float32(1.9875691500e-4)
+            p = p * r + np.float32(1.3981999507e-3)
+            p = p * r + np.float32(8.3334519073e-3)
+            p = p * r + np.float32(4.1665795894e-2)
+            p = p * r + np.float32(1.6666665459e-1)
+            p = p * r + np.float32(5.0000001201e-1)
+            p = p * r * r + r + np.float32(1.0)
+            # 2^z as two factors, each a valid normal float for z in [-126, 128].
+            zi = np.int32(z)
+            z1 = zi >> np.int32(1)
+            s1 = _float32_from_bits((z1 + np.int32(127)) << np.int32(23))
+            s2 = _float32_from_bits((zi - z1 + np.int32(127)) << np.int32(23))
+            res = p * s1 * s2
+            res = np.float32(0.0) if x < _EXP_LO else res
+            return np.float32(np.inf) if x > _EXP_HI else res
+
+        return exp32
+    if x == types.float64:
+        return lambda x: math.exp(x)
+    return None
+
+
+@overload(log1p_, inline="always")
+def _log1p_impl(e):
+    if e == types.float32:
+
+        def log1p32(e):
+            # log(1 + e) = e * P(e), P of degree 8: a Chebyshev least-squares fit of log1p(e)/e
+            # on [0, 1] (relative error 1.9e-7 in float32). No division and no cancellation, so
+            # reassociation under fastmath cannot spoil it, and tiny e gives e exactly.
+            p = np.float32(0.005253457929939032)
+            p = p * e + np.float32(-0.02958850748836994)
+            p = p * e + np.float32(0.07836166769266129)
+            p = p * e + np.float32(-0.13674770295619965)
+            p = p * e + np.float32(0.19111430644989014)
+            p = p * e + np.float32(-0.24844369292259216)
+            p = p * e + np.float32(0.33319270610809326)
+            p = p * e + np.float32(-0.49999502301216125)
+            p = p * e + np.float32(1.0)
+            return e * p
+
+        return log1p32
+    if e == types.float64:
+        return lambda e: math.log1p(e)
+    return None
+
+
+@overload(zero_of, inline="always")
+def _zero_of_impl(a):
+    if a.dtype == types.float32:
+        return lambda a: np.float32(0.0)
+    return lambda a: np.float64(0.0)
+
+
+def softplus_(x):
+    """softplus(x) = log(1 + e^x) = max(x, 0) + log1p(e^-|x|) (eq. 1a), accurate for all x:
+    the exponential is of a non-positive number, so it never overflows, and softplus(-inf) = 0."""
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def sigmoid_(x):
+    """sigmoid(x) = d softplus / dx, from e^-|x| so that it never overflows."""
+    e = math.exp(-abs(x))
+    return 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
+
+
+def _typed(x, value):
+    """`value` as a constant of x's float type, for use inside an overload's implementation."""
+    return np.float32(value) if x == types.float32 else np.float64(value)
+
+
+@overload(softplus_, inline="always")
+def _softplus_impl(x):
+    if x not in (types.float32, types.float64):
+        return None
+    zero = _typed(x, 0.0)
+
+    def softplus(x):
+        return (x if x > zero else zero) + log1p_(exp_(-abs(x)))
+
+    return softplus
+
+
+@overload(sigmoid_, inline="always")
+def _sigmoid_impl(x):
+    if x not in (types.float32, types.float64):
+        return None
+    one = _typed(x, 1.0)
+
+    def sigmoid(x):
+        e = exp_(-abs(x))
+        return one / (one + e) if x >= 0 else e / (one + e)
+
+    return sigmoid
+
+
+# ------------------------------------------------------------------------------------------------
+# Tile routines. A tile is one channel block (cb channels with n states each: R = cb*n recurrence
+# chains) over tl steps of one route. Phases 1 and 3 read and write rows of 2-D C-contiguous
+# arrays given as (array, first row, first column): the caller's tensors when a route runs
+# along memory, or contiguous scratch that the caller filled when it does not (the column-major
+# routes of the fused SS2D core). Every loop is unit-stride, so LLVM vectorizes all of them
+# except the recurrences, which are sequential by nature.
+# ------------------------------------------------------------------------------------------------
+
+
+@njit(**JIT)
+def fwd_scratch(cb, n, T, dtype):
+    """Scratch of a forward tile, every array (rows, T):
+    ub, xb, yb (cb, T): u, delta, y of routes that need a copy;  Bb, Cb (n, T): B, C likewise;
+    dtb, dub (cb, T): dt, dt*u;  dAb, dBub, Hp (cb*n, T): row j*n+m holds dA, dBu and the state
+    h_{t-1} of chain (j, m)."""
+    return (
+        np.empty((cb, T), dtype),
+        np.empty((cb, T), dtype),
+        np.empty((cb, T), dtype),
+        np.empty((n, T), dtype),
+        np.empty((n, T), dtype),
+        np.empty((cb, T), dtype),
+        np.empty((cb, T), dtype),
+        np.empty((cb * n, T), dtype),
+        np.empty((cb * n, T), dtype),
+        np.empty((cb * n, T), dtype),
+    )
+
+
+@njit(**JIT)
+def bwd_scratch(cb, n, T, dtype):
+    """Extra scratch of a backward tile: dyb, gu, gdt (cb, T): dy, du, ddelta;
+    dBb, dCb (n, T): dB, dC summed over the block; G (cb*n, T): the adjoint states g."""
+    return (
+        np.empty((cb, T), dtype),
+        np.empty((cb, T), dtype),
+        np.empty((cb, T), dtype),
+        np.empty((n, T), dtype),
+        np.empty((n, T), dtype),
+        np.empty((cb * n, T), dtype),
+    )
+
+
+@njit(**JIT)
+def load_rows(src, r0, t0, t1, dst):
+    """dst[j, :t1-t0] = src[r0 + j, t0:t1] for every row j of dst. src (rows, l); dst (rows', T)."""
+    for j in range(dst.shape[0]):
+        s = src[r0 + j, t0:t1]
+        o = dst[j]
+        for tt in range(s.shape[0]):
+            o[tt] = s[tt]
+
+
+@njit(**JIT)
+def store_rows(src, dst, r0, t0, t1, accumulate):
+    """dst[r0 + j, t0:t1] = src[j, :t1-t0] (or +=) for every row j of src (rows', T)."""
+    for j in range(src.shape[0]):
+        s = src[j]
+        o = dst[r0 + j, t0:t1]
+        if accumulate:
+            for tt in range(o.shape[0]):
+                o[tt] += s[tt]
+        else:
+            for tt in range(o.shape[0]):
+                o[tt] = s[tt]
+
+
+@njit(**JIT)
+def discretize(u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, dtb, dub, dAb, dBub):
+    """Phase 1, equations (1a, 1b), SIMD along the tile.
+
+    Reads u[ur + j, uc:uc+tl] and delta x[xr + j, xc:xc+tl] for the cb channels j,
+    B[Br + m, Bc:Bc+tl] for the n states m; A (cb, n); bias (cb,).
+    Writes dtb (cb, T) = dt; dub (cb, T) = dt*u; dAb, dBub (cb*n, T): row j*n+m holds
+    exp(dt*A[j, m]) and dt*u*B[m]. At most two stores per loop: more would need runtime alias
+    checks before LLVM vectorizes.
+    """
+    cb = dtb.shape[0]
+    n = A.shape[1]
+    for j in range(cb):
+        xj = x[xr + j, xc : xc + tl]
+        uj = u[ur + j, uc : uc + tl]
+        dt = dtb[j]
+        du = dub[j]
+        bj = bias[j]
+        if softplus:
+            for tt in range(tl):
+                dt[tt] = softplus_(xj[tt] + bj)
+        else:
+            for tt in range(tl):
+                dt[tt] = xj[tt] + bj
+        for tt in range(tl):
+            du[tt] = dt[tt] * uj[tt]
+        for m in range(n):
+            a = dAb[j * n + m]
+            bu = dBub[j * n + m]
+            Ajm = A[j, m]
+            Bm = B[Br + m, Bc : Bc + tl]
+            for tt in range(tl):
+                a[tt] = exp_(dt[tt] * Ajm)
+                bu[tt] = du[tt] * Bm[tt]
+
+
+@njit(**JIT)
+def recurrence(dAb, dBub, Hp, h, tl, reverse):
+    """Phase 2, equation (2): h_t = dA_t h_{t-1} + dBu_t for the R = cb*n chains of a tile.
+
+    dAb, dBub (R, T); h (R,): the state before the tile, updated to the state after it.
+    Hp (R, T) receives the state before each step, h_{t-1}. The tile is walked in scratch order
+    or, with `reverse`, backwards (the reversed routes of the fused core). Four chains advance
+    per iteration: one chain is one FMA per step with a 4-cycle latency, so alone it would
+    leave the FMA units idle (eight chains spill registers and measured slower).
+    """
+    R = h.shape[0]
+    for r in range(0, R, 4):
+        r1 = min(r + 1, R - 1)  # a short last group repeats its last chain: same values, same place
+        r2 = min(r + 2, R - 1)
+        r3 = min(r + 3, R - 1)
+        a0, a1, a2, a3 = dAb[r], dAb[r1], dAb[r2], dAb[r3]
+        b0, b1, b2, b3 = dBub[r], dBub[r1], dBub[r2], dBub[r3]
+        o0, o1, o2, o3 = Hp[r], Hp[r1], Hp[r2], Hp[r3]
+        h0, h1, h2, h3 = h[r], h[r1], h[r2], h[r3]
+        if reverse:
+            for tt in range(tl - 1, -1, -1):
+                o0[tt] = h0
+                o1[tt] = h1
+                o2[tt] = h2
+                o3[tt] = h3
+                h0 = a0[tt] * h0 + b0[tt]
+                h1 = a1[tt] * h1 + b1[tt]
+                h2 = a2[tt] * h2 + b2[tt]
+                h3 = a3[tt] * h3 + b3[tt]
+        else:
+            for tt in range(tl):
+                o0[tt] = h0
+                o1[tt] = h1
+                o2[tt] = h2
+                o3[tt] = h3
+                h0 = a0[tt] * h0 + b0[tt]
+                h1 = a1[tt] * h1 + b1[tt]
+                h2 = a2[tt] * h2 + b2[tt]
+                h3 = a3[tt] * h3 + b3[tt]
+        h[r], h[r1], h[r2], h[r3] = h0, h1, h2, h3
+
+
+@njit(**JIT)
+def readout(u, ur, uc, C, Cr, Cc, dAb, dBub, Hp, D, has_D, tl, y, yr, yc, accumulate):
+    """Phase 3, equation (3): y_t = sum_n C_tn h_tn + D u_t, with h_t = dA_t h_{t-1} + dBu_t
+    recomputed (one FMA) from phase 2's h_{t-1}, SIMD along the tile.
+
+    Rows u[ur + j, uc:uc+tl] and C[Cr + m, Cc:Cc+tl] as in `discretize`; dAb, dBub, Hp
+    (cb*n, T); D (cb,). Writes y[yr + j, yc:yc+tl] or, with `accumulate`, adds to it (the fused
+    SS2D core sums its four routes into one map).
+    """
+    cb = D.shape[0]
+    n = dAb.shape[0] // cb
+    for j in range(cb):
+        yj = y[yr + j, yc : yc + tl]
+        uj = u[ur + j, uc : uc + tl]
+        Cm = C[Cr, Cc : Cc + tl]
+        a = dAb[j * n]
+        bu = dBub[j * n]
+        hp = Hp[j * n]
+        Dj = D[j] if has_D else zero_of(D)
+        if accumulate:
+            for tt in range(tl):
+                yj[tt] += Dj * uj[tt] + Cm[tt] * (a[tt] * hp[tt] + bu[tt])
+        else:
+            for tt in range(tl):
+                yj[tt] = Dj * uj[tt] + Cm[tt] * (a[tt] * hp[tt] + bu[tt])
+        for m in range(1, n):
+            Cm = C[Cr + m, Cc : Cc + tl]
+            a = dAb[j * n + m]
+            bu = dBub[j * n + m]
+            hp = Hp[j * n + m]
+            for tt in range(tl):
+                yj[tt] += Cm[tt] * (a[tt] * hp[tt] + bu[tt])
+
+
+@njit(**JIT)
+def adjoint(G, dAb, q, tl, reverse):
+    """Equation (4), against the route's direction, for the R chains of a tile.
+
+    G (R, T) holds dy_t C_tn on entry and g_tn on exit; q (R,) carries dA_{t+1} g_{t+1} in from
+    the tile after and dA_{t0} g_{t0} out (after a route's first step: d initial_state).
+    `reverse` as in `recurrence`: the adjoint then walks the scratch forwards.
+    """
+    R = q.shape[0]
+    for r in range(0, R, 4):
+        r1 = min(r + 1, R - 1)
+        r2 = min(r + 2, R - 1)
+        r3 = min(r + 3, R - 1)
+        g0, g1, g2, g3 = G[r], G[r1], G[r2], G[r3]
+        a0, a1, a2, a3 = dAb[r], dAb[r1], dAb[r2], dAb[r3]
+        q0, q1, q2, q3 = q[r], q[r1], q[r2], q[r3]
+        if reverse:
+            for tt in range(tl):
+                v0 = g0[tt] + q0
+                v1 = g1[tt] + q1
+                v2 = g2[tt] + q2
+                v3 = g3[tt] + q3
+                g0[tt] = v0
+                g1[tt] = v1
+                g2[tt] = v2
+                g3[tt] = v3
+                q0 = a0[tt] * v0
+                q1 = a1[tt] * v1
+                q2 = a2[tt] * v2
+                q3 = a3[tt] * v3
+        else:
+            for tt in range(tl - 1, -1, -1):
+                v0 = g0[tt] + q0
+                v1 = g1[tt] + q1
+                v2 = g2[tt] + q2
+                v3 = g3[tt] + q3
+                g0[tt] = v0
+                g1[tt] = v1
+                g2[tt] = v2
+                g3[tt] = v3
+                q0 = a0[tt] * v0
+                q1 = a1[tt] * v1
+                q2 = a2[tt] * v2
+                q3 = a3[tt] * v3
+        q[r], q[r1], q[r2], q[r3] = q0, q1, q2, q3
+
+
+@njit(**JIT)
+def gradients(s, sb, A, D, bias, softplus, has_D, tl, dA_acc, dD_acc, dbias_acc):
+    """Gradients of one tile from its states h_{t-1} (Hp) and adjoint states g (G), SIMD along
+    the tile. With h_t = dA_t h_{t-1} + dBu_t and j running over the block's channels:
+
+        dC_tn    = sum_j dy_t h_tn               dB_tn = sum_j g_tn dt_t u_t
+        du_t     = D dy_t + sum_n g_tn dt_t B_tn
+        ddt_t    = sum_n g_tn (dA_tn A_n h_{t-1,n} + B_tn u_t)
+        ddelta_t = ddt_t sigmoid(x_t)            (ddt_t without softplus)
+        dA_n    += sum_t g_tn dA_tn h_{t-1,n} dt_t
+        dD      += sum_t dy_t u_t                dbias += sum_t ddelta_t
+
+    Reads ub, xb, Bb, dyb and phases 1-2 from the scratch s, sb (`fwd_scratch`, `bwd_scratch`);
+    writes gu, gdt (cb, T) (du, ddelta) and dBb, dCb (n, T); adds into dA_acc (cb, n), dD_acc
+    and dbias_acc (cb,).
+    """
+    ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp = s
+    dyb, gu, gdt, dBb, dCb, G = sb
+    cb = ub.shape[0]
+    n = Bb.shape[0]
+    z = zero_of(ub)
+    for m in range(n):
+        dBm = dBb[m]
+        dCm = dCb[m]
+        for tt in range(tl):
+            dBm[tt] = z
+            dCm[tt] = z
+    for j in range(cb):
+        uj = ub[j]
+        dyj = dyb[j]
+        dtj = dtb[j]
+        duj = dub[j]
+        guj = gu[j]
+        gdtj = gdt[j]
+        Dj = D[j] if has_D else z
+        for tt in range(tl):
+            guj[tt] = Dj * dyj[tt]
+            gdtj[tt] = z
+        for m in range(n):
+            r = j * n + m
+            g = G[r]
+            a = dAb[r]
+            bu = dBub[r]
+            hp = Hp[r]
+            Bm = Bb[m]
+            dBm = dBb[m]
+            dCm = dCb[m]
+            Ajm = A[j, m]
+            for tt in range(tl):
+                dCm[tt] += dyj[tt] * (a[tt] * hp[tt] + bu[tt])
+            for tt in range(tl):
+                dBm[tt] += g[tt] * duj[tt]
+            for tt in range(tl):
+                guj[tt] += g[tt] * dtj[tt] * Bm[tt]
+            sA = z
+            for tt in range(tl):
+                w = g[tt] * a[tt] * hp[tt]
+                gdtj[tt] += w * Ajm + g[tt] * Bm[tt] * uj[tt]
+                sA += w * dtj[tt]
+            dA_acc[j, m] += sA
+        if softplus:
+            xj = xb[j]
+            bj = bias[j]
+            for tt in range(tl):
+                gdtj[tt] = gdtj[tt] * sigmoid_(xj[tt] + bj)
+        sbias = z
+        sD = z
+        for tt in range(tl):
+            sbias += gdtj[tt]
+            sD += dyj[tt] * uj[tt]
+        dbias_acc[j] += sbias
+        dD_acc[j] += sD
+
+
+@njit(**JIT)
+def tile_bwd(s, sb, A, D, bias, softplus, has_D, h, q, tl, reverse, dA_acc, dD_acc, dbias_acc):
+    """One backward tile whose ub, xb, Bb, Cb (s) and dyb (sb) the caller has filled.
+    h (cb*n,): the checkpointed state before the tile (clobbered); q (cb*n,): the adjoint carry,
+    updated to the tile's start. Writes gu, gdt, dBb, dCb; adds into the parameter
+    accumulators (see `gradients`)."""
+    ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp = s
+    dyb, gu, gdt, dBb, dCb, G = sb
+    cb = ub.shape[0]
+    n = Bb.shape[0]
+    discretize(ub, 0, 0, xb, 0, 0, Bb, 0, 0, A, bias, softplus, tl, dtb, dub, dAb, dBub)
+    recurrence(dAb, dBub, Hp, h, tl, reverse)
+    for j in range(cb):
+        dyj = dyb[j]
+        for m in range(n):
+            g = G[j * n + m]
+            Cm = Cb[m]
+            for tt in range(tl):
+                g[tt] = dyj[tt] * Cm[tt]
+    adjoint(G, dAb, q, tl, reverse)
+    gradients(s, sb, A, D, bias, softplus, has_D, tl, dA_acc, dD_acc, dbias_acc)
+
+
+@njit(**JIT)
+def load_state(src, bi, c0, cb, n, dst):
+    """dst[j*n + m] = src[bi, c0 + j, m]: a block's states (b, channels, n) -> flat (cb*n,)."""
+    for j in range(cb):
+        for m in range(n):
+            dst[j * n + m] = src[bi, c0 + j, m]
+
+
+@njit(**JIT)
+def store_state(src, dst, bi, c0, cb, n):
+    """dst[bi, c0 + j, m] = src[j*n + m], the inverse of `load_state`."""
+    for j in range(cb):
+        for m in range(n):
+            dst[bi, c0 + j, m] = src[j * n + m]
+
+
+# ------------------------------------------------------------------------------------------------
+# Launchers: the one prange, over work items (batch, route, channel block).
+# ------------------------------------------------------------------------------------------------
+
+
+@njit(**PARALLEL_JIT)
+def _selective_scan_fwd_kernel(
+    u, delta, A, B, C, D, bias, h0, softplus, has_D, block, tile, y, h_last
+):
+    """Forward selective scan, equations (1)-(3).
+
+    u, delta, y (b, k*d, l); A (k*d, n); B, C (b, k, n, l); D, bias (k*d,); h0, h_last (b, k*d, n);
+    all C-contiguous, one float dtype. The prange runs over b*k*nblk items: item -> batch bi,
+    route ki, channels c0:c1 (at most `block` of route ki's d channels); the item walks l in
+    tiles of `tile` steps, reading its rows of u, delta, B, C in place and carrying its cb*n
+    states from tile to tile.
+    """
+    b, kd, l = u.shape
+    k = B.shape[1]
+    n = B.shape[2]
+    d = kd // k
+    nblk = (d + block - 1) // block
+    for item in prange(b * k * nblk):
+        bi = item // (k * nblk)
+        ki = (item // nblk) % k
+        c0 = ki * d + (item % nblk) * block
+        c1 = min(c0 + block, (ki + 1) * d)
+        cb = c1 - c0
+        _, _, _, _, _, dtb, dub, dAb, dBub, Hp = fwd_scratch(cb, n, tile, u.dtype)
+        h = np.empty(cb * n, u.dtype)
+        load_state(h0, bi, c0, cb, n, h)
+        Ab, Db, biasb = A[c0:c1], D[c0:c1], bias[c0:c1]
+        us, xs, Bs, Cs, ys = u[bi], delta[bi], B[bi, ki], C[bi, ki], y[bi]  # (k*d, l) and (n, l)
+        for t0 in range(0, l, tile):
+            tl = min(tile, l - t0)
+            discretize(
+                us, c0, t0, xs, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb, dub, dAb, dBub
+            )
+            recurrence(dAb, dBub, Hp, h, tl, False)
+            readout(us, c0, t0, Cs, 0, t0, dAb, dBub, Hp, Db, has_D, tl, ys, c0, t0, False)
+        store_state(h, h_last, bi, c0, cb, n)
+
+
+@njit(**PARALLEL_JIT)
+def _selective_scan_bwd_kernel(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D,
+    bias,
+    h0,
+    dy,
+    dlast,
+    softplus,
+    has_D,
+    block,
+    tile,
+    du,
+    ddelta,
+    dA_part,
+    dB_part,
+    dC_part,
+    dD_part,
+    dbias_part,
+    dh0,
+):
+    """Backward selective scan, recomputing the states (equation (4) and `gradients`).
+
+    Inputs as `_selective_scan_fwd_kernel`, plus dy (b, k*d, l) and dlast (b, k*d, n) (zeros
+    when the last state is unused). Outputs: du, ddelta (b, k*d, l); dh0 (b, k*d, n); partial
+    sums that the caller reduces: dA_part (b, k*d, n), dD_part, dbias_part (b, k*d) (summed over
+    b), dB_part, dC_part (b, k, nblk, n, l) (summed over the nblk channel blocks of a route).
+    Same prange over (bi, ki, channel block) as the forward. Each item sweeps forward keeping
+    the state at every tile start (ntiles*cb*n numbers), then runs its tiles last to first.
+    """
+    b, kd, l = u.shape
+    k = B.shape[1]
+    n = B.shape[2]
+    d = kd // k
+    nblk = (d + block - 1) // block
+    ntiles = (l + tile - 1) // tile
+    for item in prange(b * k * nblk):
+        bi = item // (k * nblk)
+        blk = item % nblk
+        ki = (item // nblk) % k
+        c0 = ki * d + blk * block
+        c1 = min(c0 + block, (ki + 1) * d)
+        cb = c1 - c0
+        s = fwd_scratch(cb, n, tile, u.dtype)
+        ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp = s
+        sb = bwd_scratch(cb, n, tile, u.dtype)
+        dyb, gu, gdt, dBb, dCb, G = sb
+        Ab, Db, biasb = A[c0:c1], D[c0:c1], bias[c0:c1]
+        us, xs, Bs, Cs = u[bi], delta[bi], B[bi, ki], C[bi, ki]  # (k*d, l) and (n, l)
+        ckpt = np.empty((ntiles, cb * n), u.dtype)
+        h = np.empty(cb * n, u.dtype)
+        q = np.empty(cb * n, u.dtype)
+        load_state(h0, bi, c0, cb, n, h)
+        load_state(dlast, bi, c0, cb, n, q)
+        for ti in range(ntiles):
+            t0 = ti * tile
+            tl = min(tile, l - t0)
+            ckpt[ti] = h
+            discretize(
+                us, c0, t0, xs, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb, dub, dAb, dBub
+            )
+            recurrence(dAb, dBub, Hp, h, tl, False)
+        for ti in range(ntiles - 1, -1, -1):
+            t0 = ti * tile
+            t1 = min(t0 + tile, l)
+            h[:] = ckpt[ti]
+            load_rows(us, c0, t0, t1, ub)
+            load_rows(xs, c0, t0, t1, xb)
+            load_rows(Bs, 0, t0, t1, Bb)
+            load_rows(Cs, 0, t0, t1, Cb)
+            load_rows(dy[bi], c0, t0, t1, dyb)
+            tile_bwd(
+                s,
+                sb,
+                Ab,
+                Db,
+                biasb,
+                softplus,
+                has_D,
+                h,
+                q,
+                t1 - t0,
+                False,
+                dA_part[bi, c0:c1],
+                dD_part[bi, c0:c1],
+                dbias_part[bi, c0:c1],
+            )
+            store_rows(gu, du[bi], c0, t0, t1, False)
+            store_rows(gdt, ddelta[bi], c0, t0, t1, False)
+            store_rows(dBb, dB_part[bi, ki, blk], 0, t0, t1, False)
+            store_rows(dCb, dC_part[bi, ki, blk], 0, t0, t1, False)
+        store_state(q, dh0, bi, c0, cb, n)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tensor-level entry points, called by the `vmamba::selective_scan_fwd/bwd` operators' CPU kernels
+# (vmamba_fast/ops.py). They validate, convert to the computation dtype and call the kernels.
+# ------------------------------------------------------------------------------------------------
+
+
+def check_cpu(fn: str, **tensors: torch.Tensor | None) -> None:
+    """Raise if any tensor is off the CPU: the Numba kernels read host memory only."""
+    for name, t in tensors.items():
+        if t is not None and t.device.type != "cpu":
+            raise BackendUnavailableError(
+                f"{fn}: backend 'numba' runs on CPU tensors, but `{name}` is on {t.device}; "
+                "pass backend='triton' for CUDA tensors, or backend='ref'"
+            )
+
+
+def as_kernel_array(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A C-contiguous NumPy view of `t` in `dtype`, copying only when a cast or a re-layout is
+    needed (float16/bfloat16 -> float32; non-contiguous -> contiguous)."""
+    return t.detach().to(dtype).contiguous().numpy()
+
+
+def channel_block(n: int) -> int:
+    """Channels per work item: enough that cb*n >= CONFIG.chains recurrences run side by side."""
+    return max(1, CONFIG.chains // n)
+
+
+def _kernel_args(u, delta, A, B, C, D, delta_bias, initial_state):
+    dtype = compute_dtype(u.dtype)
+    b, kd, _ = u.shape
+    n = B.shape[2]
+    arrays = [as_kernel_array(t, dtype) for t in (u, delta, A, B, C)]
+    zeros = torch.zeros(kd, dtype=dtype).numpy()
+    D_ = zeros if D is None else as_kernel_array(D, dtype)
+    bias_ = zeros if delta_bias is None else as_kernel_array(delta_bias, dtype)
+    h0 = (
+        torch.zeros(b, kd, n, dtype=dtype).numpy()
+        if initial_state is None
+        else as_kernel_array(initial_state, dtype)
+    )
+    return dtype, (*arrays, D_, bias_, h0)
+
+
+def selective_scan_fwd_cpu(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    delta_softplus: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward on CPU tensors -> (y (b, k*d, l), h_last (b, k*d, n)) in the computation dtype."""
+    fn = "vmamba::selective_scan_fwd"
+    check_selective_scan_args(fn, u, delta, A, B, C, D, delta_bias, initial_state)
+    check_cpu(fn, u=u)
+    dtype, args = _kernel_args(u, delta, A, B, C, D, delta_bias, initial_state)
+    b, kd, l = u.shape
+    n = B.shape[2]
+    y = torch.empty(b, kd, l, dtype=dtype)  # (b, k*d, l)
+    h_last = torch.empty(b, kd, n, dtype=dtype)  # (b, k*d, n)
+    _selective_scan_fwd_kernel(
+        *args,
+        bool(delta_softplus),
+        D is not None,
+        channel_block(n),
+        CONFIG.time_tile,
+        y.numpy(),
+        h_last.numpy(),
+    )
+    return y, h_last
+
+
+def selective_scan_bwd_cpu(
+    dy: torch.Tensor,
+    dlast: torch.Tensor | None,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    delta_softplus: bool,
+) -> tuple[torch.Tensor, ...]:
+    """Backward on CPU tensors -> (du, ddelta, dA, dB, dC, dD, ddelta_bias, dinitial_state),
+    each in the dtype of its input (the computation dtype for an input that is None: the
+    gradient with respect to a zero D, delta_bias or initial state)."""
+    fn = "vmamba::selective_scan_bwd"
+    b, k, d, l, n = check_selective_scan_args(fn, u, delta, A, B, C, D, delta_bias, initial_state)
+    check_cpu(fn, u=u, dy=dy, dlast=dlast)
+    dtype, args = _kernel_args(u, delta, A, B, C, D, delta_bias, initial_state)
+    kd = k * d
+    if tuple(dy.shape) != (b, kd, l):
+        raise ValueError(f"{fn}: `dy` must have shape {(b, kd, l)}, got {tuple(dy.shape)}")
+    if dlast is not None and tuple(dlast.shape) != (b, kd, n):
+        raise ValueError(f"{fn}: `dlast` must have shape {(b, kd, n)}, got {tuple(dlast.shape)}")
+    dy_ = as_kernel_array(dy, dtype)
+    dlast_ = (
+        torch.zeros(b, kd, n, dtype=dtype).numpy()
+        if dlast is None
+        else as_kernel_array(dlast, dtype)
+    )
+    block = channel_block(n)
+    nblk = (d + block - 1) // block
+    du = torch.empty(b, kd, l, dtype=dtype)  # (b, k*d, l)
+    ddelta = torch.empty(b, kd, l, dtype=dtype)  # (b, k*d, l)
+    dA_part = torch.zeros(b, kd, n, dtype=dtype)  # (b, k*d, n)
+    dB_part = torch.zeros(b, k, nblk, n, l, dtype=dtype)  # (b, k, nblk, n, l)
+    dC_part = torch.zeros(b, k, nblk, n, l, dtype=dtype)  # (b, k, nblk, n, l)
+    dD_part = torch.zeros(b, kd, dtype=dtype)  # (b, k*d)
+    dbias_part = torch.zeros(b, kd, dtype=dtype)  # (b, k*d)
+    dh0 = torch.empty(b, kd, n, dtype=dtype)  # (b, k*d, n)
+    _selective_scan_bwd_kernel(
+        *args,
+        dy_,
+        dlast_,
+        bool(delta_softplus),
+        D is not None,
+        block,
+        CONFIG.time_tile,
+        du.numpy(),
+        ddelta.numpy(),
+        dA_part.numpy(),
+        dB_part.numpy(),
+        dC_part.numpy(),
+        dD_part.numpy(),
+        dbias_part.numpy(),
+        dh0.numpy(),
+    )
+    grads = (
+        du,
+        ddelta,
+        dA_part.sum(0),  # (k*d, n)
+        dB_part.sum(2),  # (b, k, n, l)
+        dC_part.sum(2),  # (b, k, n, l)
+        dD_part.sum(0),  # (k*d,)
+        dbias_part.sum(0),  # (k*d,)
+        dh0,
+    )
+    like = (u, delta, A, B, C, D, delta_bias, initial_state)
+    return tuple(g if t is None else g.to(t.dtype) for g, t in zip(grads, like, strict=True))
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """`vmamba_ref.selective_scan` on the Numba backend: same arguments, layouts and dtype rule.
+
+    u, delta (b, k*d, l); A (k*d, n); B, C (b, k, n, l); D, delta_bias (k*d,); initial_state
+    (b, k*d, n) -> y (b, k*d, l) in float32 (float64 for float64 u), and with
+    `return_last_state` also h_{l-1} (b, k*d, n). Differentiable in every tensor argument,
+    initial_state included, through the `vmamba::selective_scan_fwd` operator.
+    """
+    if not torch.compiler.is_compiling():
+        check_selective_scan_args("selective_scan", u, delta, A, B, C, D, delta_bias, initial_state)
+        check_cpu("selective_scan", u=u, initial_state=initial_state)
+    y, last_state = ops.selective_scan_fwd(
+        u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus
+    )
+    return (y, last_state) if return_last_state else y

@@ -1,0 +1,467 @@
+"""The fused SS2D core on the CPU: cross-scan, selective scan of the four routes and cross-merge,
+in one Numba kernel that never materializes the four scanned copies.
+
+Same function, signature and layouts as `vmamba_ref.ss2d_core` (VMamba section 3.3):
+
+    y = sum over routes k of merge_k(S6_k(scan_k(x)))        x (b, d, h, w) -> y (b, d, h, w)
+
+with the step-size logits delta (b, k, d, h, w) and projections B, C (b, k, n, h, w) on the grid.
+
+Memory traffic. Cross-scan + scan + cross-merge run separately move, per element of x,
+    cross-scan  1 read + 4 writes,   scan  8 reads (u, delta) + 4 writes (y),   merge 4 reads + 1 write
+(22 transfers of b*d*l numbers, plus B and C); the fused kernel reads x once per route and
+delta once, and accumulates y in place: 4 + 4 + about 8 (y read-modify-write) transfers, with
+no (b, 4, d, l) tensor at all.
+
+Kernel design. The prange runs over (batch bi, block of channels c0:c1): an item owns y[bi, c0:c1]
+and sums the four routes into it in a fixed order (0, 1, 2, 3), so results do not depend on the
+thread count. Routes differ only in how a tile is fetched, using `selective_scan`'s tile routines:
+
+| route | tiles (in route order)                | tile fetch                         | walk    |
+|-------|---------------------------------------|------------------------------------|---------|
+| 0     | runs of `tile` row-major positions    | read in place                      | forward |
+| 1     | bands of tw = tile // h columns       | column-major copy into scratch     | forward |
+| 2     | route 0's tiles, last to first        | read in place                      | reverse |
+| 3     | route 1's bands, last to first        | column-major copy into scratch     | reverse |
+
+Each route's chains start from a zero state (VMamba's SS2D has no initial state).
+
+The backward pass follows the selective scan's: per route, a forward sweep keeps the state at
+each tile start, then the tiles run last to first, recomputing states and running the adjoint
+recurrence; dx sums the four routes' du in the same fixed order. B and C are shared by the d
+channels of a route, so their gradients are summed per channel block into a partial buffer that
+the caller reduces.
+
+Official implementation: `cross_selective_scan` in VMamba's `vmamba.py` (CrossScan, the CUDA
+scan, CrossMerge as three kernels). Deviation: fused, as in VMamba's own fused Triton/CUDA
+variants, which do not exist for the CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from vmamba_fast import ops
+from vmamba_fast.numba.config import CONFIG, JIT, PARALLEL_JIT
+from vmamba_fast.numba.selective_scan import (
+    as_kernel_array,
+    bwd_scratch,
+    channel_block,
+    check_cpu,
+    discretize,
+    fwd_scratch,
+    load_rows,
+    readout,
+    recurrence,
+    store_rows,
+    tile_bwd,
+)
+from vmamba_ref.checks import check_selective_scan_args
+from vmamba_ref.cross_scan import ROUTES, route_positions
+from vmamba_ref.selective_scan import compute_dtype
+from vmamba_ref.ss2d_core import check_ss2d_core_args
+
+
+@njit(**JIT)
+def load_band(src, r0, h, w, w0, tw, dst):
+    """Column-major copy of a band of tw grid columns starting at column w0:
+    dst[j, c*h + i] = src[r0 + j, i*w + w0 + c] for every row j of dst, i < h, c < tw.
+    src (rows, h*w) grid rows in row-major order; dst (rows', T) scratch, T >= tw*h."""
+    for j in range(dst.shape[0]):
+        s = src[r0 + j]
+        o = dst[j]
+        for c in range(tw):
+            column = s[w0 + c :: w]  # (h,), stride w
+            oc = o[c * h : (c + 1) * h]
+            for i in range(h):
+                oc[i] = column[i]
+
+
+@njit(**JIT)
+def store_band(src, dst, r0, h, w, w0, tw, accumulate):
+    """The inverse of `load_band`: dst[r0 + j, i*w + w0 + c] = (or +=) src[j, c*h + i] for every
+    row j of src (rows', T)."""
+    for j in range(src.shape[0]):
+        s = src[j]
+        o = dst[r0 + j]
+        for c in range(tw):
+            column = o[w0 + c :: w]  # (h,), stride w
+            sc = s[c * h : (c + 1) * h]
+            if accumulate:
+                for i in range(h):
+                    column[i] += sc[i]
+            else:
+                for i in range(h):
+                    column[i] = sc[i]
+
+
+@njit(**JIT)
+def route_tile(route, i, h, w, tile, tw):
+    """Geometry of the i-th tile, in route order, of `route` on an h x w grid.
+
+    Returns (band, start, size, tl, reverse): for routes 0 and 2 a run of tl = size row-major
+    positions starting at `start`; for routes 1 and 3 (band=True) a band of `size` columns
+    starting at column `start`, tl = size*h steps. `reverse`: the route walks the tile backwards.
+    """
+    l = h * w
+    if route == 0 or route == 2:
+        ntiles = (l + tile - 1) // tile
+        ti = i if route == 0 else ntiles - 1 - i
+        t0 = ti * tile
+        tl = min(tile, l - t0)
+        return False, t0, tl, tl, route == 2
+    nbands = (w + tw - 1) // tw
+    bj = i if route == 1 else nbands - 1 - i
+    w0 = bj * tw
+    size = min(tw, w - w0)
+    return True, w0, size, size * h, route == 3
+
+
+@njit(**JIT)
+def route_tiles(route, h, w, tile, tw):
+    """Number of tiles of `route` (see `route_tile`)."""
+    if route == 0 or route == 2:
+        return (h * w + tile - 1) // tile
+    return (w + tw - 1) // tw
+
+
+@njit(**PARALLEL_JIT)
+def _ss2d_core_fwd_kernel(x, delta, A, B, C, D, bias, softplus, has_D, block, tile, h, w, y):
+    """Fused SS2D core forward.
+
+    x, y (b, d, l) the feature map and the merged output, row-major (l = h*w); delta (b, k, d, l);
+    B, C (b, k, n, l); A (k*d, n); D, bias (k*d,); all C-contiguous, one float dtype.
+    The prange runs over b*nblk items: item -> batch bi, channels c0:c1 (at most `block`);
+    the item scans routes 0-3 for its channels (parameters of route k: rows k*d + c0 ...) and
+    accumulates y[bi, c0:c1] (route 0 writes, routes 1-3 add).
+    """
+    b, d, l = x.shape
+    n = B.shape[2]
+    nblk = (d + block - 1) // block
+    tw = max(1, tile // h)  # columns per band of the column-major routes
+    T = max(tile, tw * h)
+    for item in prange(b * nblk):
+        bi = item // nblk
+        c0 = (item % nblk) * block
+        c1 = min(c0 + block, d)
+        cb = c1 - c0
+        ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp = fwd_scratch(cb, n, T, x.dtype)
+        hs = np.zeros(cb * n, x.dtype)
+        xs, ys = x[bi], y[bi]  # (d, l)
+        for route in range(4):
+            p0 = route * d + c0
+            Ab, Db, biasb = A[p0 : p0 + cb], D[p0 : p0 + cb], bias[p0 : p0 + cb]
+            ds, Bs, Cs = delta[bi, route], B[bi, route], C[bi, route]  # (d, l), (n, l), (n, l)
+            hs[:] = 0
+            for i in range(route_tiles(route, h, w, tile, tw)):
+                band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
+                if band:
+                    load_band(xs, c0, h, w, start, size, ub)
+                    load_band(ds, c0, h, w, start, size, xb)
+                    load_band(Bs, 0, h, w, start, size, Bb)
+                    load_band(Cs, 0, h, w, start, size, Cb)
+                    discretize(
+                        ub, 0, 0, xb, 0, 0, Bb, 0, 0, Ab, biasb, softplus, tl, dtb, dub, dAb, dBub
+                    )
+                    recurrence(dAb, dBub, Hp, hs, tl, reverse)
+                    readout(ub, 0, 0, Cb, 0, 0, dAb, dBub, Hp, Db, has_D, tl, yb, 0, 0, False)
+                    store_band(yb, ys, c0, h, w, start, size, True)
+                else:
+                    discretize(
+                        xs,
+                        c0,
+                        start,
+                        ds,
+                        c0,
+                        start,
+                        Bs,
+                        0,
+                        start,
+                        Ab,
+                        biasb,
+                        softplus,
+                        tl,
+                        dtb,
+                        dub,
+                        dAb,
+                        dBub,
+                    )
+                    recurrence(dAb, dBub, Hp, hs, tl, reverse)
+                    readout(
+                        xs,
+                        c0,
+                        start,
+                        Cs,
+                        0,
+                        start,
+                        dAb,
+                        dBub,
+                        Hp,
+                        Db,
+                        has_D,
+                        tl,
+                        ys,
+                        c0,
+                        start,
+                        route > 0,
+                    )
+
+
+@njit(**PARALLEL_JIT)
+def _ss2d_core_bwd_kernel(
+    x,
+    delta,
+    A,
+    B,
+    C,
+    D,
+    bias,
+    dy,
+    softplus,
+    has_D,
+    block,
+    tile,
+    h,
+    w,
+    dx,
+    ddelta,
+    dA_part,
+    dB_part,
+    dC_part,
+    dD_part,
+    dbias_part,
+):
+    """Fused SS2D core backward, recomputing the states.
+
+    Inputs as `_ss2d_core_fwd_kernel` plus dy (b, d, l). Outputs: dx (b, d, l) (route 0
+    writes, routes 1-3 add); ddelta (b, k, d, l); partial sums that the caller reduces:
+    dA_part (b, k*d, n), dD_part, dbias_part (b, k*d) (over b); dB_part, dC_part
+    (b, nblk, k, n, l) (over the nblk channel blocks). Same prange as the forward; per route,
+    a forward sweep keeps the state at each tile start, then the tiles run last to first.
+    """
+    b, d, l = x.shape
+    n = B.shape[2]
+    nblk = (d + block - 1) // block
+    tw = max(1, tile // h)
+    T = max(tile, tw * h)
+    nckpt = max(route_tiles(0, h, w, tile, tw), route_tiles(1, h, w, tile, tw))
+    for item in prange(b * nblk):
+        bi = item // nblk
+        blk = item % nblk
+        c0 = blk * block
+        c1 = min(c0 + block, d)
+        cb = c1 - c0
+        s = fwd_scratch(cb, n, T, x.dtype)
+        ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp = s
+        sb = bwd_scratch(cb, n, T, x.dtype)
+        dyb, gu, gdt, dBb, dCb, G = sb
+        ckpt = np.empty((nckpt, cb * n), x.dtype)
+        hs = np.empty(cb * n, x.dtype)
+        q = np.empty(cb * n, x.dtype)
+        xs, dys, dxs = x[bi], dy[bi], dx[bi]  # (d, l)
+        for route in range(4):
+            p0 = route * d + c0
+            Ab, Db, biasb = A[p0 : p0 + cb], D[p0 : p0 + cb], bias[p0 : p0 + cb]
+            ds, Bs, Cs = delta[bi, route], B[bi, route], C[bi, route]  # (d, l), (n, l), (n, l)
+            dds, dBs, dCs = ddelta[bi, route], dB_part[bi, blk, route], dC_part[bi, blk, route]
+            ntiles = route_tiles(route, h, w, tile, tw)
+            hs[:] = 0
+            for i in range(ntiles):
+                band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
+                ckpt[i] = hs
+                if band:
+                    load_band(xs, c0, h, w, start, size, ub)
+                    load_band(ds, c0, h, w, start, size, xb)
+                    load_band(Bs, 0, h, w, start, size, Bb)
+                    discretize(
+                        ub, 0, 0, xb, 0, 0, Bb, 0, 0, Ab, biasb, softplus, tl, dtb, dub, dAb, dBub
+                    )
+                else:
+                    discretize(
+                        xs,
+                        c0,
+                        start,
+                        ds,
+                        c0,
+                        start,
+                        Bs,
+                        0,
+                        start,
+                        Ab,
+                        biasb,
+                        softplus,
+                        tl,
+                        dtb,
+                        dub,
+                        dAb,
+                        dBub,
+                    )
+                recurrence(dAb, dBub, Hp, hs, tl, reverse)
+            q[:] = 0
+            for i in range(ntiles - 1, -1, -1):
+                band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
+                hs[:] = ckpt[i]
+                if band:
+                    load_band(xs, c0, h, w, start, size, ub)
+                    load_band(ds, c0, h, w, start, size, xb)
+                    load_band(Bs, 0, h, w, start, size, Bb)
+                    load_band(Cs, 0, h, w, start, size, Cb)
+                    load_band(dys, c0, h, w, start, size, dyb)
+                else:
+                    load_rows(xs, c0, start, start + tl, ub)
+                    load_rows(ds, c0, start, start + tl, xb)
+                    load_rows(Bs, 0, start, start + tl, Bb)
+                    load_rows(Cs, 0, start, start + tl, Cb)
+                    load_rows(dys, c0, start, start + tl, dyb)
+                tile_bwd(
+                    s,
+                    sb,
+                    Ab,
+                    Db,
+                    biasb,
+                    softplus,
+                    has_D,
+                    hs,
+                    q,
+                    tl,
+                    reverse,
+                    dA_part[bi, p0 : p0 + cb],
+                    dD_part[bi, p0 : p0 + cb],
+                    dbias_part[bi, p0 : p0 + cb],
+                )
+                if band:
+                    store_band(gu, dxs, c0, h, w, start, size, route > 0)
+                    store_band(gdt, dds, c0, h, w, start, size, False)
+                    store_band(dBb, dBs, 0, h, w, start, size, False)
+                    store_band(dCb, dCs, 0, h, w, start, size, False)
+                else:
+                    store_rows(gu, dxs, c0, start, start + tl, route > 0)
+                    store_rows(gdt, dds, c0, start, start + tl, False)
+                    store_rows(dBb, dBs, 0, start, start + tl, False)
+                    store_rows(dCb, dCs, 0, start, start + tl, False)
+
+
+def _check(fn, x, delta, A, B, C, D, delta_bias):
+    """The reference's checks in the reference's order: the grid layouts, then the scan's
+    (dtypes, A, D, delta_bias, finiteness) on zero-memory stand-ins of the scanned tensors."""
+    b, d, h, w, n = check_ss2d_core_args(fn, x, delta, A, B, C)
+    if h < 1 or w < 1:
+        route_positions(h, w)  # raises the reference's error for an empty grid
+    l = h * w
+    check_selective_scan_args(
+        "selective_scan",
+        x.new_empty(()).expand(b, ROUTES * d, l),  # (b, k*d, l) like cross_scan(x)
+        delta.new_empty(()).expand(b, ROUTES * d, l),  # (b, k*d, l)
+        A,
+        B.new_empty(()).expand(b, ROUTES, n, l),  # (b, k, n, l)
+        C.new_empty(()).expand(b, ROUTES, n, l),  # (b, k, n, l)
+        D,
+        delta_bias,
+    )
+    check_cpu(fn, x=x, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
+    return b, d, h, w, n
+
+
+def _kernel_args(x, delta, A, B, C, D, delta_bias):
+    b, d, h, w = x.shape
+    n = B.shape[2]
+    dtype = compute_dtype(x.dtype)
+    zeros = torch.zeros(ROUTES * d, dtype=dtype).numpy()
+    return dtype, (
+        as_kernel_array(x, dtype).reshape(b, d, h * w),  # (b, d, l)
+        as_kernel_array(delta, dtype).reshape(b, ROUTES, d, h * w),  # (b, k, d, l)
+        as_kernel_array(A, dtype),  # (k*d, n)
+        as_kernel_array(B, dtype).reshape(b, ROUTES, n, h * w),  # (b, k, n, l)
+        as_kernel_array(C, dtype).reshape(b, ROUTES, n, h * w),  # (b, k, n, l)
+        zeros if D is None else as_kernel_array(D, dtype),  # (k*d,)
+        zeros if delta_bias is None else as_kernel_array(delta_bias, dtype),  # (k*d,)
+    )
+
+
+def ss2d_core_fwd_cpu(x, delta, A, B, C, D, delta_bias, delta_softplus):
+    """Forward on CPU tensors -> y (b, d, h, w) in the computation dtype."""
+    b, d, h, w, n = _check("vmamba::ss2d_core_fwd", x, delta, A, B, C, D, delta_bias)
+    dtype, args = _kernel_args(x, delta, A, B, C, D, delta_bias)
+    y = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
+    _ss2d_core_fwd_kernel(
+        *args,
+        bool(delta_softplus),
+        D is not None,
+        channel_block(n),
+        CONFIG.time_tile,
+        h,
+        w,
+        y.numpy().reshape(b, d, h * w),
+    )
+    return y
+
+
+def ss2d_core_bwd_cpu(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
+    """Backward on CPU tensors -> (dx, ddelta, dA, dB, dC, dD, ddelta_bias), each in its input's
+    dtype (the computation dtype for a D or delta_bias that is None: the gradient with respect
+    to a zero one)."""
+    fn = "vmamba::ss2d_core_bwd"
+    b, d, h, w, n = _check(fn, x, delta, A, B, C, D, delta_bias)
+    check_cpu(fn, dy=dy)
+    if tuple(dy.shape) != (b, d, h, w):
+        raise ValueError(f"{fn}: `dy` must have shape {(b, d, h, w)}, got {tuple(dy.shape)}")
+    dtype, args = _kernel_args(x, delta, A, B, C, D, delta_bias)
+    l = h * w
+    block = channel_block(n)
+    nblk = (d + block - 1) // block
+    dx = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
+    ddelta = torch.empty(b, ROUTES, d, h, w, dtype=dtype)  # (b, k, d, h, w)
+    dA_part = torch.zeros(b, ROUTES * d, n, dtype=dtype)  # (b, k*d, n)
+    dB_part = torch.zeros(b, nblk, ROUTES, n, h, w, dtype=dtype)  # (b, nblk, k, n, h, w)
+    dC_part = torch.zeros(b, nblk, ROUTES, n, h, w, dtype=dtype)  # (b, nblk, k, n, h, w)
+    dD_part = torch.zeros(b, ROUTES * d, dtype=dtype)  # (b, k*d)
+    dbias_part = torch.zeros(b, ROUTES * d, dtype=dtype)  # (b, k*d)
+    _ss2d_core_bwd_kernel(
+        *args,
+        as_kernel_array(dy, dtype).reshape(b, d, l),
+        bool(delta_softplus),
+        D is not None,
+        block,
+        CONFIG.time_tile,
+        h,
+        w,
+        dx.numpy().reshape(b, d, l),
+        ddelta.numpy().reshape(b, ROUTES, d, l),
+        dA_part.numpy(),
+        dB_part.numpy().reshape(b, nblk, ROUTES, n, l),
+        dC_part.numpy().reshape(b, nblk, ROUTES, n, l),
+        dD_part.numpy(),
+        dbias_part.numpy(),
+    )
+    grads = (
+        dx,
+        ddelta,
+        dA_part.sum(0),  # (k*d, n)
+        dB_part.sum(1),  # (b, k, n, h, w)
+        dC_part.sum(1),  # (b, k, n, h, w)
+        dD_part.sum(0),  # (k*d,)
+        dbias_part.sum(0),  # (k*d,)
+    )
+    like = (x, delta, A, B, C, D, delta_bias)
+    return tuple(g if t is None else g.to(t.dtype) for g, t in zip(grads, like, strict=True))
+
+
+def ss2d_core(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+) -> torch.Tensor:
+    """`vmamba_ref.ss2d_core` on the Numba backend: cross-scan, scan every route, cross-merge,
+    fused. x (b, d, h, w); delta (b, k, d, h, w); A (k*d, n); B, C (b, k, n, h, w); D,
+    delta_bias (k*d,) -> y (b, d, h, w) in float32 (float64 for float64 x). Differentiable in
+    every tensor argument through the `vmamba::ss2d_core_fwd` operator."""
+    if not torch.compiler.is_compiling():
+        _check("ss2d_core", x, delta, A, B, C, D, delta_bias)
+    return ops.ss2d_core_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus)
