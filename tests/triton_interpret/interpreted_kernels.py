@@ -22,9 +22,19 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import vmamba_fast  # noqa: E402
+import vmamba_ref  # noqa: E402
 from vmamba_fast.triton.cross_scan import cross_merge, cross_scan, is_interpreted  # noqa: E402
-from vmamba_fast.triton.selective_scan import ScanBlocks, selective_scan_blocked  # noqa: E402
-from vmamba_fast.triton.ss2d_core import ss2d_core_blocked  # noqa: E402
+from vmamba_fast.triton.selective_scan import (  # noqa: E402
+    ScanBlocks,
+    cuda_selective_scan_bwd,
+    cuda_selective_scan_fwd,
+    selective_scan_blocked,
+)
+from vmamba_fast.triton.ss2d_core import (  # noqa: E402
+    cuda_ss2d_core_bwd,
+    cuda_ss2d_core_fwd,
+    ss2d_core_blocked,
+)
 from vmamba_ref.testing.cases import SelectiveScanCase, SS2DCoreCase  # noqa: E402
 from vmamba_ref.testing.compare import assert_matches_reference  # noqa: E402
 from vmamba_ref.testing.strategies import (  # noqa: E402
@@ -164,3 +174,93 @@ def test_chunked_scan_carries_the_state_like_one_scan():
     y2 = scan(**{**second, "initial_state": h1})  # (b, k*d, 7)
     tol = tolerance(torch.float32)
     torch.testing.assert_close(torch.cat([y1, y2], dim=-1), whole, rtol=tol.rtol, atol=tol.atol)
+
+
+# The kernels that vmamba_fast/ops.py registers for CUDA tensors, used the way an operator's
+# autograd uses them: the forward keeps only its inputs, the backward kernel gets them again.
+class ScanThroughOperatorKernels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus):
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, initial_state)
+        ctx.delta_softplus = delta_softplus
+        return cuda_selective_scan_fwd(
+            u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus
+        )
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        inputs = ctx.saved_tensors
+        grads = cuda_selective_scan_bwd(dy, dlast, *inputs, ctx.delta_softplus)
+        return (*(None if t is None else g for g, t in zip(grads, inputs, strict=True)), None)
+
+
+class SS2DThroughOperatorKernels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, delta, A, B, C, D, delta_bias, delta_softplus):
+        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias)
+        ctx.delta_softplus = delta_softplus
+        return cuda_ss2d_core_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus)
+
+    @staticmethod
+    def backward(ctx, dy):
+        inputs = ctx.saved_tensors
+        grads = cuda_ss2d_core_bwd(dy, *inputs, ctx.delta_softplus)
+        return (*(None if t is None else g for g, t in zip(grads, inputs, strict=True)), None)
+
+
+def scan_through_operator_kernels(
+    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, initial_state=None,
+    return_last_state=False,
+):  # fmt: skip
+    y, h_last = ScanThroughOperatorKernels.apply(
+        u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus
+    )
+    return (y, h_last) if return_last_state else y
+
+
+def ss2d_through_operator_kernels(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
+    return SS2DThroughOperatorKernels.apply(x, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+@interpreted(6)
+@given(
+    inputs=selective_scan_inputs(
+        dtypes=DTYPES, routes=(1, 4), max_channels=3, max_length=17, max_state=2, requires_grad=True
+    )
+)
+def test_operator_kernels_of_the_scan_match_reference(inputs):
+    assert_matches_reference(
+        scan_through_operator_kernels, inputs, op="selective_scan", check_grad=True
+    )
+
+
+@interpreted(4)
+@given(
+    inputs=ss2d_core_inputs(
+        dtypes=DTYPES, max_channels=2, max_side=4, max_state=2, requires_grad=True
+    )
+)
+def test_operator_kernels_of_the_ss2d_core_match_reference(inputs):
+    assert_matches_reference(ss2d_through_operator_kernels, inputs, op="ss2d_core", check_grad=True)
+
+
+def test_operator_kernels_give_absent_parameters_the_gradient_of_zeros():
+    """The backward operators return a gradient for a D, delta_bias or initial state that is
+    None: the one with respect to zeros, as the Numba kernels do."""
+    args = SelectiveScanCase(
+        batch=2, routes=2, channels=3, length=6, state=2, init="random"
+    ).build()
+    u, delta, A, B, C = (args[k] for k in ("u", "delta", "A", "B", "C"))
+    b, kd, l = u.shape
+    zeros = {
+        "D": torch.zeros(kd, requires_grad=True),
+        "delta_bias": torch.zeros(kd, requires_grad=True),
+        "initial_state": torch.zeros(b, kd, B.shape[2], requires_grad=True),
+    }
+    dy = torch.randn(b, kd, l)
+    grads = cuda_selective_scan_bwd(dy, None, u, delta, A, B, C, None, None, None, True)
+    y = vmamba_ref.selective_scan(u, delta, A, B, C, delta_softplus=True, **zeros)
+    expected = torch.autograd.grad(y, list(zeros.values()), dy)
+    tol = tolerance(torch.float32, grad=True)
+    for got, want in zip(grads[5:], expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=tol.rtol, atol=tol.atol)

@@ -70,7 +70,7 @@ import triton
 import triton.language as tl
 
 from vmamba_fast.triton.cross_scan import acc_dtype, check_device, route_position
-from vmamba_ref.checks import check_selective_scan_args
+from vmamba_ref.checks import check_selective_scan_args, check_shape
 from vmamba_ref.selective_scan import compute_dtype
 
 SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus: x itself above this
@@ -548,15 +548,15 @@ def selective_scan_bwd(
     D: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
     delta_softplus: bool,
-    has_initial_state: bool,
+    initial_state: torch.Tensor | None,
     ckpt: torch.Tensor,
     gy: torch.Tensor,
     gh_last: torch.Tensor | None,
     blocks: ScanBlocks | None = None,
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor | None, ...]:
     """Backward launcher: (gu, gdelta, gA, gB, gC, gD, gdelta_bias, g_initial_state), each in
     its input's dtype (None for absent inputs). `ckpt` from `selective_scan_fwd` with the same
-    `blocks`."""
+    `blocks`; a None `gh_last` counts as zeros."""
     b, kd, l = u.shape
     k, n = B.shape[1], B.shape[2]
     d = kd // k
@@ -565,8 +565,8 @@ def selective_scan_bwd(
     gu = torch.empty_like(u)  # (b, k*d, l)
     gdelta, gA, gB, gC, gD, gdelta_bias, gh0 = launch_bwd(
         u, delta, A, B, C, _opt(D), _opt(delta_bias), ckpt, gy.contiguous(), _opt(gh_last), gu,
-        d=d, grid_hw=None, delta_softplus=delta_softplus, has_initial_state=has_initial_state,
-        blocks=blocks,
+        d=d, grid_hw=None, delta_softplus=delta_softplus,
+        has_initial_state=initial_state is not None, blocks=blocks,
     )  # fmt: skip
     return (
         gu,
@@ -576,7 +576,70 @@ def selective_scan_bwd(
         gC.to(C.dtype),
         None if D is None else gD.to(D.dtype),
         None if delta_bias is None else gdelta_bias.to(delta_bias.dtype),
-        gh0,
+        None if initial_state is None else gh0.to(initial_state.dtype),
+    )
+
+
+def cuda_selective_scan_fwd(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    delta_softplus: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CUDA kernel of the `vmamba::selective_scan_fwd` operator (vmamba_fast/ops.py), whose
+    CPU kernel is Numba's: (y (b, k*d, l), h_last (b, k*d, n)) in the computation dtype."""
+    fn = "vmamba::selective_scan_fwd"
+    check_selective_scan_args(fn, u, delta, A, B, C, D, delta_bias, initial_state)
+    check_device(fn, u)
+    y, h_last, _ = selective_scan_fwd(
+        u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state, False
+    )
+    return y, h_last
+
+
+def cuda_selective_scan_bwd(
+    dy: torch.Tensor,
+    dlast: torch.Tensor | None,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    delta_softplus: bool,
+) -> tuple[torch.Tensor, ...]:
+    """The CUDA kernel of the `vmamba::selective_scan_bwd` operator: (du, ddelta, dA, dB, dC, dD,
+    ddelta_bias, dinitial_state), each in its input's dtype; for a D, delta_bias or initial
+    state that is None, the gradient with respect to a zero one, in the computation dtype.
+
+    The operator keeps only its inputs, so the chunk-start states are recomputed by a forward
+    pass first; the backward then runs as `selective_scan_bwd`.
+    """
+    fn = "vmamba::selective_scan_bwd"
+    b, k, d, l, n = check_selective_scan_args(fn, u, delta, A, B, C, D, delta_bias, initial_state)
+    check_device(fn, u)
+    check_shape(fn, "dy", dy, (b, k * d, l), "b k*d l")
+    if dlast is not None:
+        check_shape(fn, "dlast", dlast, (b, k * d, n), "b k*d n")
+    dtype = compute_dtype(u.dtype)
+    D = torch.zeros(k * d, dtype=dtype, device=u.device) if D is None else D  # (k*d,)
+    if delta_bias is None:
+        delta_bias = torch.zeros(k * d, dtype=dtype, device=u.device)  # (k*d,)
+    if initial_state is None:
+        initial_state = torch.zeros(b, k * d, n, dtype=dtype, device=u.device)  # (b, k*d, n)
+    blocks = scan_blocks(d, n, l)
+    _, _, ckpt = selective_scan_fwd(
+        u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state, True, blocks
+    )
+    return selective_scan_bwd(
+        u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state, ckpt, dy, dlast, blocks
     )
 
 
@@ -600,13 +663,11 @@ class SelectiveScanFn(torch.autograd.Function):
         u, delta, A, B, C, D, delta_bias, initial_state, ckpt = ctx.saved_tensors
         if gy is None:
             gy = torch.zeros(u.shape, dtype=compute_dtype(u.dtype), device=u.device)
-        gu, gdelta, gA, gB, gC, gD, gdelta_bias, gh0 = selective_scan_bwd(
-            u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, initial_state is not None,
-            ckpt, gy, gh_last, ctx.blocks,
+        grads = selective_scan_bwd(
+            u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, initial_state, ckpt, gy,
+            gh_last, ctx.blocks,
         )  # fmt: skip
-        if gh0 is not None:
-            gh0 = gh0.to(initial_state.dtype)
-        return gu, gdelta, gA, gB, gC, gD, gdelta_bias, gh0, None, None, None
+        return (*grads, None, None, None)
 
 
 def selective_scan_blocked(

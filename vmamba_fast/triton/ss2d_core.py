@@ -28,10 +28,43 @@ import torch
 
 from vmamba_fast.triton.cross_scan import check_device
 from vmamba_fast.triton.selective_scan import ScanBlocks, launch_bwd, launch_fwd, scan_blocks
-from vmamba_ref.checks import check_selective_scan_args
+from vmamba_ref.checks import check_selective_scan_args, check_shape
 from vmamba_ref.cross_scan import ROUTES
 from vmamba_ref.selective_scan import compute_dtype
 from vmamba_ref.ss2d_core import check_ss2d_core_args
+
+
+def _check(
+    fn: str,
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+) -> tuple[int, int, int, int, int]:
+    """The reference's checks, then the device's; returns (b, d, h, w, n).
+
+    The reference checks the grid layouts as `fn`, then runs the selective scan on the
+    route-ordered copies, which checks them as "selective_scan": the same check on stand-ins of
+    their shapes (no copies) gives the same errors.
+    """
+    b, d, h, w, n = check_ss2d_core_args(fn, x, delta, A, B, C)
+    l = h * w
+    scan_fn = "selective_scan" if fn == "ss2d_core" else fn
+    check_selective_scan_args(
+        scan_fn,
+        x.new_empty(()).expand(b, ROUTES * d, l),  # stands for (b, k*d, l) in route order
+        delta.new_empty(()).expand(b, ROUTES * d, l),
+        A,
+        B.new_empty(()).expand(b, ROUTES, n, l),  # stands for (b, k, n, l) in route order
+        C.new_empty(()).expand(b, ROUTES, n, l),
+        D,
+        delta_bias,
+    )
+    check_device(fn, x)
+    return b, d, h, w, n
 
 
 def ss2d_core_fwd(
@@ -113,6 +146,50 @@ def ss2d_core_bwd(
     )
 
 
+def cuda_ss2d_core_fwd(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+) -> torch.Tensor:
+    """The CUDA kernel of the `vmamba::ss2d_core_fwd` operator (vmamba_fast/ops.py), whose CPU
+    kernel is Numba's: y (b, d, h, w) in the computation dtype."""
+    _check("vmamba::ss2d_core_fwd", x, delta, A, B, C, D, delta_bias)
+    y, _ = ss2d_core_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus, False)
+    return y
+
+
+def cuda_ss2d_core_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+) -> tuple[torch.Tensor, ...]:
+    """The CUDA kernel of the `vmamba::ss2d_core_bwd` operator: (dx, ddelta, dA, dB, dC, dD,
+    ddelta_bias), each in its input's dtype; for a D or delta_bias that is None, the gradient
+    with respect to a zero one, in the computation dtype. Recomputes the chunk-start states
+    with a forward pass first (the operator keeps only its inputs)."""
+    fn = "vmamba::ss2d_core_bwd"
+    b, d, h, w, n = _check(fn, x, delta, A, B, C, D, delta_bias)
+    check_shape(fn, "dy", dy, (b, d, h, w), "b d h w")
+    dtype = compute_dtype(x.dtype)
+    D = torch.zeros(ROUTES * d, dtype=dtype, device=x.device) if D is None else D  # (k*d,)
+    if delta_bias is None:
+        delta_bias = torch.zeros(ROUTES * d, dtype=dtype, device=x.device)  # (k*d,)
+    blocks = scan_blocks(d, n, h * w)
+    _, ckpt = ss2d_core_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus, True, blocks)
+    return ss2d_core_bwd(x, delta, A, B, C, D, delta_bias, delta_softplus, ckpt, dy, blocks)
+
+
 class SS2DCoreFn(torch.autograd.Function):
     """The fused SS2D core with its recomputing backward."""
 
@@ -148,21 +225,7 @@ def ss2d_core_blocked(
     blocks: ScanBlocks | None,
 ) -> torch.Tensor:
     """`ss2d_core` with an explicit tile (None: `scan_blocks`), for tests and tuning."""
-    b, d, h, w, n = check_ss2d_core_args("ss2d_core", x, delta, A, B, C)
-    # The reference then runs the selective scan on the route-ordered copies and checks them
-    # there: the same check on stand-ins of their shapes (no copies) gives the same errors.
-    l = h * w
-    check_selective_scan_args(
-        "selective_scan",
-        x.new_empty(()).expand(b, ROUTES * d, l),  # stands for (b, k*d, l) in route order
-        delta.new_empty(()).expand(b, ROUTES * d, l),
-        A,
-        B.new_empty(()).expand(b, ROUTES, n, l),  # stands for (b, k, n, l) in route order
-        C.new_empty(()).expand(b, ROUTES, n, l),
-        D,
-        delta_bias,
-    )
-    check_device("ss2d_core", x)
+    _check("ss2d_core", x, delta, A, B, C, D, delta_bias)
     tensors = (x, delta, A, B, C, D, delta_bias)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     return SS2DCoreFn.apply(*tensors, delta_softplus, needs_grad, blocks)
