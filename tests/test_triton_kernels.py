@@ -19,6 +19,7 @@ from vmamba_ref.backends import BackendUnavailableError, is_available
 from vmamba_ref.testing.cases import SS2DCoreCase
 from vmamba_ref.testing.compare import assert_matches_reference
 from vmamba_ref.testing.strategies import selective_scan_inputs, ss2d_core_inputs
+from vmamba_ref.testing.tolerances import tolerance
 
 pytestmark = pytest.mark.skipif(not is_available("triton"), reason="triton is not installed")
 
@@ -130,6 +131,23 @@ def test_missing_triton_raises_saying_what_to_install():
     assert result.returncode == 0, result.stderr
     assert "pip install 'vmamba[triton]'" in result.stdout
     assert "backend='numba'" in result.stdout
+
+
+OPERATORS = (
+    "cross_scan",
+    "cross_merge",
+    "selective_scan_fwd",
+    "selective_scan_bwd",
+    "ss2d_core_fwd",
+    "ss2d_core_bwd",
+)
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+def test_importing_the_backend_registers_the_cuda_kernels_of_the_vmamba_operators(name):
+    importlib.import_module("vmamba_fast.triton")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vmamba::{name}", "CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vmamba::{name}", "CPU")  # Numba's
 
 
 def test_default_tiles_are_powers_of_two_within_the_register_budget():
@@ -267,3 +285,27 @@ def test_vmamba_tiny_stage_shapes_match_reference_on_the_gpu(side, d, dtype):
         device="cuda",
     )  # fmt: skip
     assert_matches_reference(triton_ops().ss2d_core, case.build(), op="ss2d_core", check_grad=True)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_model_on_the_gpu_matches_the_reference_backend():
+    """The model switches backend by name alone, through the vmamba:: operators: same weights,
+    same logits, same gradients."""
+    from vmamba_ref.model import vmamba_mini
+
+    torch.manual_seed(0)
+    ref = vmamba_mini(backend="ref").cuda().double()
+    fast = vmamba_mini(backend="triton").cuda().double()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 32, 32, device="cuda", dtype=torch.float64)
+    y_ref, y_fast = ref(x), fast(x)
+    tol = tolerance(torch.float64)
+    torch.testing.assert_close(y_fast, y_ref, rtol=tol.rtol, atol=tol.atol)
+    y_ref.sum().backward()
+    y_fast.sum().backward()
+    grad_tol = tolerance(torch.float64, grad=True)
+    for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(
+            p_fast.grad, p_ref.grad, rtol=grad_tol.rtol, atol=grad_tol.atol, msg=name
+        )

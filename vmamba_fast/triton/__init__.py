@@ -7,9 +7,12 @@
 | ss2d_core.py      | the same scan reading and writing the grid in route order, fused    |
 
 Each public function has the signature, layouts, dtype rule and argument errors of its twin in
-`vmamba_ref`. They run on CUDA tensors. On CPU tensors they run only through Triton's
-interpreter, when TRITON_INTERPRET=1 was set before triton was imported (slow: for tests);
-otherwise they raise `BackendUnavailableError` saying what to pass instead.
+`vmamba_ref`. They run on CUDA tensors, through the `vmamba::` custom operators of
+`vmamba_fast/ops.py`, for which importing this package registers the kernels below as the CUDA
+implementations (the CPU ones are Numba's). On CPU tensors they run only through Triton's
+interpreter, when TRITON_INTERPRET=1 was set before triton was imported (slow: for tests), and
+call the kernels directly; otherwise they raise `BackendUnavailableError` saying what to pass
+instead.
 """
 
 from __future__ import annotations
@@ -24,8 +27,32 @@ except ImportError as err:
         "'vmamba[triton]'; or use backend='numba' (CPU) or backend='ref' (any device)"
     ) from err
 
-from vmamba_fast.triton.cross_scan import cross_merge, cross_scan  # noqa: E402
-from vmamba_fast.triton.selective_scan import selective_scan  # noqa: E402
-from vmamba_fast.triton.ss2d_core import ss2d_core  # noqa: E402
+from vmamba_fast import ops  # noqa: E402
+from vmamba_fast.triton.cross_scan import (  # noqa: E402
+    cross_merge,
+    cross_scan,
+    cuda_cross_merge,
+    cuda_cross_scan,
+)
+from vmamba_fast.triton.selective_scan import (  # noqa: E402
+    cuda_selective_scan_bwd,
+    cuda_selective_scan_fwd,
+    selective_scan,
+)
+from vmamba_fast.triton.ss2d_core import (  # noqa: E402
+    cuda_ss2d_core_bwd,
+    cuda_ss2d_core_fwd,
+    ss2d_core,
+)
+
+# The CUDA kernels of the vmamba:: operators, whose schemas, fake tensors, autograd and FLOP
+# formulas live in vmamba_fast/ops.py beside their CPU (Numba) kernels: a model dispatches to
+# Numba or Triton by the device of its tensors, through the same operators.
+ops.cross_scan.register_kernel("cuda")(cuda_cross_scan)
+ops.cross_merge.register_kernel("cuda")(cuda_cross_merge)
+ops.selective_scan_fwd.register_kernel("cuda")(cuda_selective_scan_fwd)
+ops.selective_scan_bwd.register_kernel("cuda")(cuda_selective_scan_bwd)
+ops.ss2d_core_fwd.register_kernel("cuda")(cuda_ss2d_core_fwd)
+ops.ss2d_core_bwd.register_kernel("cuda")(cuda_ss2d_core_bwd)
 
 __all__ = ["cross_merge", "cross_scan", "selective_scan", "ss2d_core"]

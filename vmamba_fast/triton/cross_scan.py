@@ -188,13 +188,35 @@ class CrossMergeFn(torch.autograd.Function):
         return cross_scan_fwd(g_y).view(b, ROUTES, d, h, w)  # (b, k, d, l) -> (b, k, d, h, w)
 
 
+def cuda_cross_scan(x: torch.Tensor) -> torch.Tensor:
+    """The CUDA kernel of the `vmamba::cross_scan` operator (vmamba_fast/ops.py)."""
+    check_grid("vmamba::cross_scan", "x", x)
+    check_device("vmamba::cross_scan", x)
+    return cross_scan_fwd(x)  # (b, k, d, l)
+
+
+def cuda_cross_merge(ys: torch.Tensor) -> torch.Tensor:
+    """The CUDA kernel of the `vmamba::cross_merge` operator (vmamba_fast/ops.py)."""
+    fn = "vmamba::cross_merge"
+    check_tensor(fn, "ys", ys)
+    check_shape(fn, "ys", ys, (None, ROUTES, None, None, None), "b k d h w")
+    check_device(fn, ys)
+    return cross_merge_fwd(ys)  # (b, d, h, w)
+
+
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
     """`vmamba_ref.cross_scan` on the GPU: x (b, d, h, w) -> xs (b, 4, d, h*w), x's dtype.
 
-    Differentiable; its backward is the cross-merge kernel.
+    Differentiable; its backward is the cross-merge kernel. CUDA tensors go through the
+    `vmamba::cross_scan` operator, CPU tensors (interpreter) straight to the kernel.
     """
-    check_grid("cross_scan", "x", x)
-    check_device("cross_scan", x)
+    if not torch.compiler.is_compiling():
+        check_grid("cross_scan", "x", x)
+        check_device("cross_scan", x)
+    if x.device.type == "cuda":
+        from vmamba_fast import ops
+
+        return ops.cross_scan(x)
     return CrossScanFn.apply(x)
 
 
@@ -203,9 +225,15 @@ def cross_merge(ys: torch.Tensor) -> torch.Tensor:
 
     The four routes are summed in float32 (float64 for float64) and rounded once, so low-precision
     results can differ from the reference's in-dtype accumulation by one rounding.
-    Differentiable; its backward is the cross-scan kernel.
+    Differentiable; its backward is the cross-scan kernel. CUDA tensors go through the
+    `vmamba::cross_merge` operator, CPU tensors (interpreter) straight to the kernel.
     """
-    check_tensor("cross_merge", "ys", ys)
-    check_shape("cross_merge", "ys", ys, (None, ROUTES, None, None, None), "b k d h w")
-    check_device("cross_merge", ys)
+    if not torch.compiler.is_compiling():
+        check_tensor("cross_merge", "ys", ys)
+        check_shape("cross_merge", "ys", ys, (None, ROUTES, None, None, None), "b k d h w")
+        check_device("cross_merge", ys)
+    if ys.device.type == "cuda":
+        from vmamba_fast import ops
+
+        return ops.cross_merge(ys)
     return CrossMergeFn.apply(ys)

@@ -684,12 +684,27 @@ def selective_scan_blocked(
     *,
     blocks: ScanBlocks | None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """`selective_scan` with an explicit tile (None: `scan_blocks`), for tests and tuning."""
-    check_selective_scan_args("selective_scan", u, delta, A, B, C, D, delta_bias, initial_state)
-    check_device("selective_scan", u)
-    tensors = (u, delta, A, B, C, D, delta_bias, initial_state)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    y, h_last = SelectiveScanFn.apply(*tensors, delta_softplus, needs_grad, blocks)
+    """`selective_scan` with an explicit tile, for tests and tuning.
+
+    With `blocks=None` (the default tile) CUDA tensors go through the `vmamba::selective_scan_fwd`
+    operator, whose CUDA kernel is `cuda_selective_scan_fwd`; otherwise, and for CPU tensors in
+    the interpreter (where the operator's CPU kernel is Numba's), through `SelectiveScanFn`.
+    """
+    if not torch.compiler.is_compiling():
+        check_selective_scan_args("selective_scan", u, delta, A, B, C, D, delta_bias, initial_state)
+        check_device("selective_scan", u)
+    if u.device.type == "cuda" and blocks is None:
+        from vmamba_fast import ops
+
+        y, h_last = ops.selective_scan_fwd(
+            u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus
+        )
+    else:
+        tensors = (u, delta, A, B, C, D, delta_bias, initial_state)
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in tensors
+        )
+        y, h_last = SelectiveScanFn.apply(*tensors, delta_softplus, needs_grad, blocks)
     return (y, h_last) if return_last_state else y
 
 

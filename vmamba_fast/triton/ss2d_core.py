@@ -224,8 +224,18 @@ def ss2d_core_blocked(
     *,
     blocks: ScanBlocks | None,
 ) -> torch.Tensor:
-    """`ss2d_core` with an explicit tile (None: `scan_blocks`), for tests and tuning."""
-    _check("ss2d_core", x, delta, A, B, C, D, delta_bias)
+    """`ss2d_core` with an explicit tile, for tests and tuning.
+
+    With `blocks=None` (the default tile) CUDA tensors go through the `vmamba::ss2d_core_fwd`
+    operator, whose CUDA kernel is `cuda_ss2d_core_fwd`; otherwise, and for CPU tensors in the
+    interpreter (where the operator's CPU kernel is Numba's), through `SS2DCoreFn`.
+    """
+    if not torch.compiler.is_compiling():
+        _check("ss2d_core", x, delta, A, B, C, D, delta_bias)
+    if x.device.type == "cuda" and blocks is None:
+        from vmamba_fast import ops
+
+        return ops.ss2d_core_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus)
     tensors = (x, delta, A, B, C, D, delta_bias)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     return SS2DCoreFn.apply(*tensors, delta_softplus, needs_grad, blocks)
