@@ -158,23 +158,48 @@ def test_count_does_not_depend_on_the_backend(backend):
     assert other.total == reference.total
 
 
-def test_the_fast_custom_op_formula_agrees():
-    """vmamba_fast.ops registers the fused SS2D core as `vmamba::ss2d_core` with its own FLOP
-    formula; counted through torch's FlopCounterMode it must give the authors' count too."""
-    pytest.importorskip("vmamba_fast.ops")
+def _numba_or_skip():
+    try:
+        get_ops("numba")
+    except BackendUnavailableError as err:
+        pytest.skip(str(err))
+
+
+def test_the_numba_models_own_scan_op_gives_the_same_count():
+    """The numba backend runs SS2D through vmamba_fast's `vmamba::ss2d_core_fwd`, whose FLOP
+    formula is registered with torch. Counted by torch's own FlopCounterMode on a real CPU run
+    (no substitution, no meta device), its scan total equals ours."""
+    _numba_or_skip()
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = vmamba_mini(backend="numba").eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(2, 3, 40, 40))
+    through_backend = counter.get_flop_counts()["Global"][torch.ops.vmamba.ss2d_core_fwd]
+    assert through_backend == count_flops(model, (2, 3, 40, 40)).by_op["scan"] > 0
+
+
+def test_vmamba_fast_formulas_agree_on_shapes():
+    _numba_or_skip()
     from torch.utils.flop_counter import flop_registry
 
-    op = getattr(torch.ops.vmamba, "ss2d_core", None)
-    if op is None or op not in flop_registry:
-        pytest.skip("vmamba_fast.ops registers no FLOP formula for vmamba::ss2d_core")
     for b, d, h, w, n in [(1, 96, 56, 56, 1), (2, 24, 5, 7, 16)]:
         x = torch.empty(b, d, h, w, device="meta")
         delta = torch.empty(b, 4, d, h, w, device="meta")
         A = torch.empty(4 * d, n, device="meta")
         B = C = torch.empty(b, 4, n, h, w, device="meta")
         D = delta_bias = torch.empty(4 * d, device="meta")
-        flops = flop_registry[op](x, delta, A, B, C, D, delta_bias, True, out_val=x)
-        assert flops == selective_scan_flops(b, 4 * d, h * w, n)
+        core = flop_registry[torch.ops.vmamba.ss2d_core_fwd]
+        assert core(x, delta, A, B, C, D, delta_bias, True, out_val=x) == selective_scan_flops(
+            b, 4 * d, h * w, n
+        )
+        u = torch.empty(b, 4 * d, h * w, device="meta")
+        Bs = torch.empty(b, 4, n, h * w, device="meta")
+        scan = flop_registry[torch.ops.vmamba.selective_scan_fwd]
+        assert scan(u, u, A, Bs, Bs, D, delta_bias, None, True, out_val=(u, A)) == (
+            selective_scan_flops(b, 4 * d, h * w, n)
+        )
 
 
 def test_counting_a_real_model_leaves_it_untouched():
