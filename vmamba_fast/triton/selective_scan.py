@@ -375,21 +375,22 @@ class ScanBlocks:
 # 4 values per thread per tile (512 elements) the backward needs about 170 registers on sm_90 and
 # the forward 80; at 8 per thread with n > 1 the backward still fits in 255 without spilling
 # (ptxas resource counts of the compiled kernels).
-MAX_BLOCK_T = 64
+MIN_BLOCK_T, MAX_BLOCK_T = 16, 64  # short sequences pad to 16 steps rather than degenerate tiles
 TILE_ELEMENTS_N1 = 512
 TILE_ELEMENTS = 1024
 
 
 def scan_blocks(d: int, n: int, l: int) -> ScanBlocks:
-    """Default tile: up to MAX_BLOCK_T steps, then as many channels as the tile budget allows."""
+    """Default tile: MIN_BLOCK_T to MAX_BLOCK_T steps, then as many channels as the tile budget
+    allows."""
     block_n = triton.next_power_of_2(n)
-    block_t = min(triton.next_power_of_2(l), MAX_BLOCK_T)
+    block_t = min(max(triton.next_power_of_2(l), MIN_BLOCK_T), MAX_BLOCK_T)
     budget = TILE_ELEMENTS_N1 if block_n == 1 else TILE_ELEMENTS
     block_d = max(1, min(triton.next_power_of_2(d), budget // (block_n * block_t)))
     return ScanBlocks(block_d, block_t)
 
 
-def _opt(t: torch.Tensor | None) -> torch.Tensor | None:
+def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.contiguous()
 
 
@@ -530,9 +531,10 @@ def selective_scan_fwd(
     d = kd // k
     blocks = blocks or scan_blocks(d, n, l)
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
+    D, delta_bias, initial_state = (_contiguous(t) for t in (D, delta_bias, initial_state))
     y = torch.empty(b, kd, l, dtype=compute_dtype(u.dtype), device=u.device)  # (b, k*d, l)
     h_last, ckpt = launch_fwd(
-        u, delta, A, B, C, _opt(D), _opt(delta_bias), _opt(initial_state), y,
+        u, delta, A, B, C, D, delta_bias, initial_state, y,
         d=d, grid_hw=None, delta_softplus=delta_softplus, store_checkpoints=store_checkpoints,
         blocks=blocks,
     )  # fmt: skip
@@ -562,9 +564,10 @@ def selective_scan_bwd(
     d = kd // k
     blocks = blocks or scan_blocks(d, n, l)
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
+    D_, delta_bias_, gh_last = (_contiguous(t) for t in (D, delta_bias, gh_last))
     gu = torch.empty_like(u)  # (b, k*d, l)
     gdelta, gA, gB, gC, gD, gdelta_bias, gh0 = launch_bwd(
-        u, delta, A, B, C, _opt(D), _opt(delta_bias), ckpt, gy.contiguous(), _opt(gh_last), gu,
+        u, delta, A, B, C, D_, delta_bias_, ckpt, gy.contiguous(), gh_last, gu,
         d=d, grid_hw=None, delta_softplus=delta_softplus,
         has_initial_state=initial_state is not None, blocks=blocks,
     )  # fmt: skip
