@@ -8,10 +8,10 @@ k, state index n and step t (the math of `vmamba_ref.selective_scan`):
     h_t   = dA_t * h_{t-1} + dt_t * B_t[n] * u_t            (h_{-1} = 0 or the initial state)
     y_t   = sum_n C_t[n] * h_t + D * u_t
 
-Why a kernel: the recurrence reads u, delta (b, k*d, l) and B, C (b, k, n, l) and writes y once,
-`s * (3*b*k*d*l + 2*b*k*n*l)` bytes for element size s, while any composition of PyTorch ops
-writes the (b, k*d, l, n) tensors dA, dBu and h to memory, n times larger. The kernel keeps them
-in registers.
+Why a kernel: the recurrence needs to read u, delta (b, k*d, l) and B, C (b, k, n, l) and write
+y (b, k*d, l) once, about `4 * (3*b*k*d*l + 2*b*k*n*l)` bytes in float32, while any composition
+of PyTorch ops writes the (b, k*d, l, n) tensors dA, dBu and h to memory and reads them back.
+The kernel keeps them in registers.
 
 How the work is laid out. Program (i_d, i_k, i_b) owns channels [i_d*BLOCK_D, +BLOCK_D) of
 route i_k in batch i_b, so every channel of a program shares the route's B and C. It walks the
@@ -37,7 +37,8 @@ and every gradient is a product of g_t with quantities of the forward pass:
     gD      += gy_t * u_t,   gdelta_t = gdt_t * sigmoid(delta_t + delta_bias)
 
 The forward saves only the state at each chunk start, (b, k*d, cdiv(l, BLOCK_T), n): 1/BLOCK_T of
-the full states. The backward walks the chunks last to first; in each it rescans the states from
+the full states. (Through the `vmamba::selective_scan_bwd` operator, which keeps only the
+inputs, a forward pass recomputes them first.) The backward walks the chunks last to first; in each it rescans the states from
 the saved one, then scans the adjoint over the same chunk with its inputs loaded in reverse time
 order, so the adjoint is again a forward scan, and flips the result to line it up with the
 states. `dA_t h_{t-1}` is `h_t - dBu_t`, which needs no shifted copy of the states.
@@ -72,8 +73,6 @@ import triton.language as tl
 from vmamba_fast.triton.cross_scan import acc_dtype, check_device, route_position
 from vmamba_ref.checks import check_selective_scan_args, check_shape
 from vmamba_ref.selective_scan import compute_dtype
-
-SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus: x itself above this
 
 
 @triton.jit

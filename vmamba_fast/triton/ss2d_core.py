@@ -9,12 +9,13 @@ reads back, the scan writes four outputs (4*b*d*l) that cross-merge reads back: 
 element moves besides the scan's own. Here the scan kernel of `selective_scan.py` runs with
 `ROUTE_ORDER`: program (i_d, k, i_b) reads step t of its route at grid column
 `route_position(t, k)` of x, delta, B and C, and adds its outputs at the same columns of one
-(b, d, l) map. The four scanned copies never exist; the price is that routes 1 and 3 read the
-grid column by column, with a stride of w elements.
+(b, d, l) map. The four scanned copies never exist (x is read once per route, as the unfused
+scan reads its four copies); the price is that routes 1 and 3 read the grid column by column,
+with a stride of w elements, which coalesces worse than the row routes on a GPU.
 
 The merge adds the four routes with atomic float32 adds (float64 for float64), so the order of
 the four terms, and the last bit of the sum, can vary between runs; the gradient of x is
-gathered the same way. Every other gradient is written once or reduced from per-program partial
+accumulated the same way. Every other gradient is written once or reduced from per-program partial
 sums (see `selective_scan.py`).
 
 Official implementation: `cross_selective_scan` in VMamba's `vmamba.py`, which calls
