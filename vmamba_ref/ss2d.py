@@ -62,6 +62,8 @@ class SS2D(nn.Module):
         x_dbl = torch.einsum("b d h w, k e d -> b k e h w", x, self.x_proj_weight)  # (b, k, r+2n, h, w)
         dts, Bs, Cs = torch.split(x_dbl, [self.r, self.n, self.n], dim=2)  # (b,k,r,h,w), (b,k,n,h,w) x2
         delta = torch.einsum("b k r h w, k d r -> b k d h w", dts, self.dt_projs_weight)  # (b, k, d, h, w)
+        # Under autocast a rank-1 einsum is a plain product and stays float32: align the dtypes.
+        delta, Bs, Cs = (t.to(x.dtype) for t in (delta, Bs, Cs))
         dtype = compute_dtype(x.dtype)  # the SSM parameters enter in float32 at least
         A = -torch.exp(self.A_logs.to(dtype))  # (k*d, n)
         D, delta_bias = self.Ds.to(dtype), self.dt_projs_bias.to(dtype).reshape(-1)  # (k*d,) each
@@ -73,7 +75,8 @@ class SS2D(nn.Module):
             x, z = x.chunk(2, dim=1)  # (b, d, h, w) each
             z = self.act(z)  # (b, d, h, w)
         x = self.act(self.conv2d(x))  # (b, d, h, w)
-        y = self.out_norm(self.scan(x)).to(x.dtype)  # (b, d, h, w)
+        y = self.scan(x)  # (b, d, h, w), float32 for low-precision x
+        y = self.out_norm(y.to(self.out_norm.weight.dtype)).to(x.dtype)  # (b, d, h, w)
         if self.config.gated:
             y = y * z  # (b, d, h, w)
         return self.out_proj(y)  # (b, c, h, w)
