@@ -179,7 +179,7 @@ def test_bad_images_are_rejected_by_name(x, error, message):
 
 
 def test_unknown_backend_and_override_fail_loudly(monkeypatch):
-    with pytest.raises(ValueError, match=r"backend must be one of \['ref', 'numba', 'triton'\]"):
+    with pytest.raises(ValueError, match=r"backend must be one of \['ref', 'numba', 'triton', 'torch'\]"):
         vmamba_mini(backend="cuda")
     with pytest.raises(TypeError, match="depthz"):
         vmamba_mini(depthz=(1, 1))

@@ -4,6 +4,7 @@
 |----------|---------|---------|
 | "numba"  | CPU tensors | Numba, parallel over (batch, channel), the time loop inside |
 | "triton" | CUDA tensors (CPU tensors with TRITON_INTERPRET=1) | Triton, one program per (batch, channel block) |
+| "torch"  | any device | plain PyTorch (`vmamba_fast.pytorch`): an odd-even parallel scan that exports |
 
 Every function has the reference's signature plus a keyword-only `backend`, which has no
 default: the caller always says which implementation runs. `vmamba_ref` holds the oracle that
@@ -18,7 +19,8 @@ import torch
 
 from vmamba_ref.backends import BackendUnavailableError, ScanOps, check_backend_name, is_available
 
-FAST_BACKENDS = ("numba", "triton")
+FAST_BACKENDS = ("numba", "triton", "torch")
+_MODULES = {"numba": "numba", "triton": "triton", "torch": "pytorch"}  # backend -> vmamba_fast.<module>
 
 
 def get_ops(backend: str) -> ScanOps:
@@ -32,7 +34,7 @@ def get_ops(backend: str) -> ScanOps:
         raise BackendUnavailableError(
             f"backend {backend!r} needs the `{backend}` package: pip install 'vmamba[{backend}]'"
         )
-    module = importlib.import_module(f"vmamba_fast.{backend}")
+    module = importlib.import_module(f"vmamba_fast.{_MODULES[backend]}")
     return ScanOps(
         backend, module.cross_scan, module.cross_merge, module.selective_scan, module.ss2d_core
     )

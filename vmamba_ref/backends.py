@@ -9,6 +9,7 @@ to install or pass; nothing ever falls back silently to another backend.
 | "ref"    | any device             | nothing: the readable oracle |
 | "numba"  | CPU tensors            | `pip install vmamba[numba]`  |
 | "triton" | CUDA tensors (or the CPU with TRITON_INTERPRET=1) | `pip install vmamba[triton]` |
+| "torch"  | any device             | nothing: plain PyTorch, the path torch.export and ONNX trace |
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-BackendName = Literal["ref", "numba", "triton"]
+BackendName = Literal["ref", "numba", "triton", "torch"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
-_REQUIRES = {"numba": "numba", "triton": "triton"}
+_REQUIRES = {"numba": "numba", "triton": "triton"}  # "ref", "torch": torch only
 
 
 class BackendUnavailableError(RuntimeError):
@@ -55,7 +56,7 @@ def is_available(backend: str) -> bool:
 
 def available_backends() -> list[str]:
     """The backends whose dependencies are installed, fastest first."""
-    return [name for name in ("numba", "triton", "ref") if is_available(name)]
+    return [name for name in ("numba", "triton", "torch", "ref") if is_available(name)]
 
 
 def fastest_backend(device: str = "cpu") -> str:

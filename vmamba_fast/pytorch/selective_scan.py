@@ -1,0 +1,174 @@
+"""The selective scan as a parallel (odd-even) scan in plain PyTorch: exportable and safe.
+
+Mamba (Gu & Dao 2023) section 3.2; VMamba section 3.2. The recurrence of `vmamba_ref`,
+
+    h_t = dA_t * h_{t-1} + dBu_t,     dA_t = exp(dt_t A),  dBu_t = dt_t B_t u_t,
+    y_t = sum_n C_t[n] h_t[n] + D u_t,
+
+is a first-order linear recurrence, and the map h -> a h + b composes associatively:
+applying (a1, b1) then (a2, b2) is (a2 a1, a2 b1 + b2). `linear_recurrence` uses that to solve
+all l steps in log2(l) levels of whole-tensor operations (the odd-even reduction of Ladner and
+Fischer / Blelloch, written recursively):
+
+    1. pair up steps 2i and 2i+1:  (a_{2i+1} a_{2i},  a_{2i+1} b_{2i} + b_{2i+1})
+    2. solve the half-length recurrence of the pairs: it gives h at every odd step
+    3. fill in the even steps:     h_{2i} = a_{2i} h_{2i-1} + b_{2i}
+
+The work is about 3 multiply-adds per element and level-halving, so O(l) in total, against
+O(l log l) for a Hillis-Steele scan. Only products and sums of the decays a = exp(dt A) in
+(0, 1] appear, and nothing is ever divided: at any step size the products can only underflow
+towards 0, which is the true value, so no NaN appears where the loop has none (unlike the
+chunked closed form h_t = e^{S_t} sum_s e^{-S_s} dBu_s, whose e^{-S_s} overflows). The gradient
+is what autograd derives from these same products and sums.
+
+Each level is made of slicing, padding, stacking and elementwise arithmetic on static shapes,
+so `torch.compile`, `torch.export` and the ONNX exporter trace it without custom ops; the
+recursion unrolls into about 2 log2(l) levels at trace time (25 for l = 3136).
+
+Layouts and the dtype rule are `vmamba_ref.selective_scan`'s: u, delta (b, k*d, l); A (k*d, n);
+B, C (b, k, n, l); D, delta_bias (k*d,); float32 computation and output for float16, bfloat16
+and float32 inputs, float64 for float64.
+
+Official implementation: `selective_scan_torch` in VMamba's `csms6s.py` (a loop over l).
+Deviation: the loop is replaced by the parallel scan above, which sums in a different order, so
+results agree with the loop to rounding (tested, forward and gradients, at extreme step sizes).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vmamba_ref.checks import (
+    check_same_device,
+    check_same_dtype,
+    check_selective_scan_args,
+    check_shape,
+    check_tensor,
+)
+from vmamba_ref.selective_scan import compute_dtype, step_size
+
+
+def is_tracing() -> bool:
+    """True inside `torch.compile` and `torch.export` tracing, where tensor values are unknown."""
+    return torch.compiler.is_compiling()
+
+
+def check_args(
+    fn: str,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[int, int, int, int, int]:
+    """The reference's argument checks; return `(b, k, d, l, n)`.
+
+    In eager mode this is `vmamba_ref.checks.check_selective_scan_args`, so bad input fails
+    exactly as in the reference. While tracing (`torch.compile`, `torch.export`) tensor values
+    are symbolic, so the check that A, D and delta_bias are finite cannot run; types, shapes,
+    dtypes and devices are still checked, and the traced program is the one eager mode checks.
+    """
+    if not is_tracing():
+        return check_selective_scan_args(fn, u, delta, A, B, C, D, delta_bias, initial_state)
+    tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "delta_bias": delta_bias,
+               "initial_state": initial_state}
+    tensors = {name: t for name, t in tensors.items() if t is not None}
+    for name, t in tensors.items():
+        check_tensor(fn, name, t)
+    check_shape(fn, "u", u, (None, None, None), "b k*d l")
+    b, kd, l = u.shape
+    check_shape(fn, "B", B, (b, None, None, l), "b k n l")
+    _, k, n, _ = B.shape
+    if k < 1 or n < 1 or kd % k != 0:
+        raise ValueError(
+            f"{fn}: need k >= 1 dividing k*d and n >= 1; got k={k}, n={n}, k*d={kd} "
+            "(dims 1, 2 of `B` and dim 1 of `u`)"
+        )
+    check_shape(fn, "delta", delta, (b, kd, l), "b k*d l")
+    check_shape(fn, "A", A, (kd, n), "k*d n")
+    check_shape(fn, "C", C, (b, k, n, l), "b k n l")
+    for name in ("D", "delta_bias"):
+        if name in tensors:
+            check_shape(fn, name, tensors[name], (kd,), "k*d")
+    if initial_state is not None:
+        check_shape(fn, "initial_state", initial_state, (b, kd, n), "b k*d n")
+    check_same_dtype(fn, ("u", "delta", "B", "C"), (u, delta, B, C))
+    check_same_device(fn, list(tensors), list(tensors.values()))
+    return b, k, kd // k, l, n
+
+
+def linear_recurrence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Solve h_t = a_t h_{t-1} + b_t with h_{-1} = 0 along the last axis, in parallel.
+
+    a, b (..., l) -> h (..., l). Odd-even reduction: each even step is composed with the odd
+    step after it, the half-length recurrence of the pairs is solved recursively, and the even
+    steps are filled in from the odd ones before them.
+    """
+    l = a.shape[-1]
+    if l == 1:  # h_0 = a_0 h_{-1} + b_0 with h_{-1} = 0, written out so that a_0 gets its
+        return a * 0.0 + b  # (zero) gradient, as in the loop: DDP and AdamW see every parameter
+    odd_length = l % 2 == 1
+    if odd_length:  # prepend the identity step (a, b) = (1, 0): it maps h_{-1} = 0 to 0
+        a = F.pad(a, (1, 0), value=1.0)  # (..., l + 1)
+        b = F.pad(b, (1, 0), value=0.0)  # (..., l + 1)
+    a_even, a_odd = a[..., 0::2], a[..., 1::2]  # (..., m) each, m = ceil(l / 2)
+    b_even, b_odd = b[..., 0::2], b[..., 1::2]  # (..., m) each
+    # Step 2i+1 after step 2i: (a_{2i+1} a_{2i}, a_{2i+1} b_{2i} + b_{2i+1}).
+    h_odd = linear_recurrence(a_odd * a_even, a_odd * b_even + b_odd)  # (..., m): h_{2i+1}
+    h_before_even = F.pad(h_odd[..., :-1], (1, 0))  # (..., m): h_{2i-1}, with h_{-1} = 0
+    h_even = a_even * h_before_even + b_even  # (..., m): h_{2i}
+    h = torch.stack([h_even, h_odd], dim=-1).flatten(-2)  # (..., 2m) interleaved
+    return h[..., 1:] if odd_length else h  # (..., l)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Run the selective scan over every channel of every route as one parallel scan.
+
+    Args:
+        u: input sequences (b, k*d, l).
+        delta: step-size logits (b, k*d, l), same dtype as u.
+        A: state matrix diagonal (k*d, n), real and normally negative.
+        B, C: input and output projections (b, k, n, l), one per route.
+        D: skip weights (k*d,) or None.
+        delta_bias: added to delta before softplus (k*d,) or None.
+        delta_softplus: apply softplus to delta + delta_bias.
+        initial_state: h_{-1} (b, k*d, n) or None for zeros.
+        return_last_state: also return h_{l-1} (b, k*d, n).
+
+    Returns:
+        y (b, k*d, l) in float32 (float64 for float64 u); with `return_last_state`, (y, h_last).
+    """
+    b, k, d, l, n = check_args("selective_scan", u, delta, A, B, C, D, delta_bias, initial_state)
+    dtype = compute_dtype(u.dtype)
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    D = None if D is None else D.to(dtype)
+    delta_bias = None if delta_bias is None else delta_bias.to(dtype)
+
+    dt = step_size(delta, delta_bias, delta_softplus)  # (b, k*d, l)
+    dA = torch.exp(torch.einsum("bcl,cn->bcnl", dt, A))  # (b, k*d, n, l)
+    # Each route's B and C serve all d channels of that route.
+    dtu = (dt * u).unflatten(1, (k, d))  # (b, k, d, l)
+    dBu = torch.einsum("bkdl,bknl->bkdnl", dtu, B).flatten(1, 2)  # (b, k*d, n, l)
+    if initial_state is not None:  # fold h_{-1} into the first step: dBu_0 += dA_0 h_{-1}
+        first = dBu[..., :1] + dA[..., :1] * initial_state.to(dtype)[..., None]  # (b, k*d, n, 1)
+        dBu = torch.cat([first, dBu[..., 1:]], dim=-1)  # (b, k*d, n, l)
+    h = linear_recurrence(dA, dBu)  # (b, k*d, n, l)
+    y = torch.einsum("bkdnl,bknl->bkdl", h.unflatten(1, (k, d)), C).flatten(1, 2)  # (b, k*d, l)
+    if D is not None:
+        y = y + D[:, None] * u  # (b, k*d, l)
+    return (y, h[..., -1]) if return_last_state else y
