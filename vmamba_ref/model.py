@@ -19,6 +19,7 @@ Official implementation: `VSSM`, `VSSBlock`, `_make_patch_embed_v2`, `_make_down
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -138,10 +139,15 @@ class VMamba(nn.Module):
         self.apply(init_network_)
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise TypeError/ValueError for anything but a finite (b, in_chans, H, W) float batch."""
+        """Raise TypeError/ValueError for anything but a finite (b, in_chans, H, W) float batch.
+
+        While `torch.compile` or `torch.export` trace the model, values are symbolic: the type and
+        shape are checked, the finiteness check (which needs the data) runs only in eager mode.
+        """
         check_tensor("VMamba.forward", "x", x)
         check_shape("VMamba.forward", "x", x, (None, self.config.in_chans, None, None), "b in_chans H W")
-        check_finite("VMamba.forward", "x", x)
+        if not torch.compiler.is_compiling():
+            check_finite("VMamba.forward", "x", x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and stages: (b, in_chans, H, W) -> (b, c3, H/32, W/32)."""
@@ -159,6 +165,168 @@ class VMamba(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))  # (b, num_classes)
+
+    # timm-style API: classifier access, stage maps for dense heads, metadata.
+
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (`classifier.head`; nn.Identity when num_classes is 0)."""
+        return self.classifier.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head with a freshly initialised Linear(c3, num_classes), or nn.Identity
+        for 0 (forward then returns the pooled (b, c3) features). `config.num_classes` follows,
+        so a saved checkpoint rebuilds the new head. `global_pool` is timm's argument: VMamba
+        pools by averaging only, so it must be None or "avg"."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"reset_classifier: num_classes must be an int >= 0, got {num_classes!r}")
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"reset_classifier: VMamba pools by averaging; global_pool must be None or 'avg', got {global_pool!r}")
+        head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        head.apply(init_network_)
+        param = next(self.classifier.norm.parameters())
+        self.classifier.head = head.to(device=param.device, dtype=param.dtype)
+        self.num_classes = num_classes
+        self.config = replace(self.config, num_classes=num_classes)
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """One entry per stage map of `forward_intermediates`, as timm describes feature maps:
+        channels, stride relative to the input, and the module that produces it."""
+        return [
+            {"num_chs": c, "reduction": 4 * 2**i, "module": f"layers.{i}.blocks"}
+            for i, c in enumerate(self.config.dims[: len(self.layers)])
+        ]
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """timm's data configuration for this model: input size, ImageNet normalisation, and the
+        official evaluation transform (bicubic resize to 256, centre crop 224: crop_pct 0.875)."""
+        return {
+            "input_size": (self.config.in_chans, 224, 224),
+            "num_classes": self.num_classes,
+            "interpolation": "bicubic",
+            "crop_pct": 0.875,
+            "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225),
+            "first_conv": "patch_embed.0",
+            "classifier": "classifier.head",
+        }
+
+    @property
+    def default_cfg(self) -> dict:
+        """timm's older name for `pretrained_cfg`."""
+        return self.pretrained_cfg
+
+    def stage_indices(self, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
+        """Resolve timm's `indices`: None = every stage, an int n = the last n stages, a list =
+        those stages (negative counts from the end). Returns sorted stage numbers."""
+        n = len(self.layers)
+        if indices is None:
+            return list(range(n))
+        if isinstance(indices, int) and not isinstance(indices, bool):
+            if not 1 <= indices <= n:
+                raise ValueError(f"indices: an int must be in [1, {n}] (the last n stages), got {indices}")
+            return list(range(n - indices, n))
+        if not isinstance(indices, (list, tuple)) or not indices:
+            raise ValueError(f"indices must be None, an int or a non-empty list of stage numbers, got {indices!r}")
+        resolved = []
+        for i in indices:
+            if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n:
+                raise ValueError(f"indices: stage numbers must be ints in [{-n}, {n - 1}], got {i!r}")
+            resolved.append(i % n)
+        return sorted(set(resolved))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The stage maps for detection and segmentation heads (timm's API).
+
+        Stage i's map is the output of its blocks, before the downsampling that follows:
+        (b, c_i, H/4/2^i, W/4/2^i) for H, W divisible by 32 (each halving rounds up), so the four
+        maps of VMamba-T at 224 are (b, 96, 56, 56), (b, 192, 28, 28), (b, 384, 14, 14),
+        (b, 768, 7, 7). This is where the official detection backbone (`Backbone_VSSM`) taps.
+
+        Args:
+            x: images (b, in_chans, H, W).
+            indices: stages to return (see `stage_indices`); None = all four.
+            norm: apply the final LayerNorm (`classifier.norm`) to the last stage's map.
+            stop_early: skip the stages after the last one requested.
+            output_fmt: "NCHW" (b, c, h, w) or "NHWC" (b, h, w, c).
+            intermediates_only: return only the list of maps.
+
+        Returns:
+            The maps in stage order; unless `intermediates_only`, preceded by the final features
+            that `forward_features` returns (after the last stage run).
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"forward_intermediates: output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take = self.stage_indices(indices)
+        last_stage = len(self.config.depths) - 1
+        self.check_input(x)
+        x = self.patch_embed(x)  # (b, c0, H/4, W/4)
+        stages = self.layers[: max(take) + 1] if stop_early else self.layers
+        intermediates = []
+        for i, layer in enumerate(stages):
+            x = layer.blocks(x)  # (b, c_i, h_i, w_i)
+            if i in take:
+                feature = self.classifier.norm(x) if norm and i == last_stage else x  # (b, c_i, h_i, w_i)
+                intermediates.append(feature if output_fmt == "NCHW" else feature.permute(0, 2, 3, 1))
+            x = layer.downsample(x)  # (b, c_{i+1}, h_i/2, w_i/2); identity after the last stage
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop what `forward_intermediates(indices)` does not need (timm's API): the stages after
+        the last requested one, the head (`prune_head`: num_classes becomes 0) and the final
+        LayerNorm (`prune_norm`). Returns the resolved stage indices."""
+        take = self.stage_indices(indices)
+        self.layers = self.layers[: max(take) + 1]
+        if prune_head:
+            self.reset_classifier(0)
+        if prune_norm:
+            self.classifier.norm = nn.Identity()
+        return take
+
+
+class VMambaFeatures(nn.Module):
+    """Features-only mode: a VMamba backbone whose forward returns the stage maps.
+
+    `forward(x)` is `model.forward_intermediates(x, out_indices, intermediates_only=True)`: a
+    list of (b, c_i, H/4/2^i, W/4/2^i) maps, for a detection or segmentation neck. The classifier
+    and the stages after the last index are pruned. `feature_info` lists the maps' channels and
+    strides. Parameter names gain the prefix `model.`; load official weights into the VMamba
+    before wrapping it.
+    """
+
+    def __init__(
+        self,
+        model: VMamba,
+        out_indices: int | list[int] | tuple[int, ...] = (0, 1, 2, 3),
+        norm: bool = False,
+        output_fmt: str = "NCHW",
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, VMamba):
+            raise TypeError(f"VMambaFeatures: model must be a VMamba, got {type(model).__name__}")
+        all_info = model.feature_info
+        self.out_indices = model.prune_intermediate_layers(out_indices, prune_norm=not norm)
+        self.model, self.norm, self.output_fmt = model, norm, output_fmt
+        self.feature_info = [all_info[i] for i in self.out_indices]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(
+            x, self.out_indices, norm=self.norm, output_fmt=self.output_fmt, intermediates_only=True
+        )  # [(b, c_i, h_i, w_i) for i in out_indices]
 
 
 def _build(config: VMambaConfig, backend: str, overrides: dict) -> VMamba:
@@ -228,3 +396,72 @@ MODELS = {
     "vmamba_vanilla_base": vmamba_vanilla_base,
     "vmamba_mini": vmamba_mini,
 }
+
+
+def timm_entrypoint(name: str) -> Callable[..., nn.Module]:
+    """A timm model entry point for the named constructor `name` (a key of MODELS).
+
+    timm's `create_model(name, pretrained, pretrained_cfg, pretrained_cfg_overlay, **kwargs)`
+    calls it with those three arguments and the caller's keyword arguments, minus those set to
+    None. The entry point accepts `features_only` and `out_indices` (returning `VMambaFeatures`),
+    `backend`, and any VMambaConfig field (`num_classes`, `in_chans`, `drop_path_rate`, ...);
+    other timm options raise TypeError naming them. No weights are hosted for timm to download:
+    `pretrained=True` or a pretrained tag raises; load the official files with
+    `vmamba_ref.load_checkpoint` (or timm's `checkpoint_path`).
+    """
+    if name not in MODELS:
+        raise ValueError(f"timm_entrypoint: name must be one of {sorted(MODELS)}, got {name!r}")
+    constructor = MODELS[name]
+
+    def entrypoint(
+        pretrained: bool = False,
+        pretrained_cfg: object = None,
+        pretrained_cfg_overlay: dict | None = None,
+        features_only: bool = False,
+        out_indices: int | list[int] | tuple[int, ...] = (0, 1, 2, 3),
+        backend: str = "ref",
+        **overrides,
+    ) -> nn.Module:
+        if pretrained or pretrained_cfg or pretrained_cfg_overlay:
+            raise ValueError(
+                f"{name}: no pretrained weights are registered with timm (got pretrained={pretrained!r}, "
+                f"pretrained_cfg={pretrained_cfg!r}, pretrained_cfg_overlay={pretrained_cfg_overlay!r}); "
+                "create the model, then vmamba_ref.load_checkpoint(model, path) with the official file"
+            )
+        model = constructor(backend=backend, **overrides)
+        return VMambaFeatures(model, out_indices) if features_only else model
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"timm entry point of `{name}`. " + (constructor.__doc__ or "")
+    return entrypoint
+
+
+def register_timm_models() -> list[str]:
+    """Register every named constructor with timm, so `timm.create_model("vmamba_tiny", ...)`
+    builds it; returns the registered names. timm is optional: this is the only place that
+    imports it, and without it this raises ImportError saying what to install."""
+    try:
+        from timm.models import register_model
+    except ImportError as error:
+        raise ImportError(
+            "register_timm_models needs timm (which needs torchvision): pip install timm torchvision"
+        ) from error
+    for name in MODELS:
+        register_model(timm_entrypoint(name))
+    return list(MODELS)
+
+
+# timm's register_model appends each registered name to its module's __all__.
+__all__ = [
+    "MODELS",
+    "PatchMerging2d",
+    "VMamba",
+    "VMambaFeatures",
+    "VSSBlock",
+    "make_downsample",
+    "make_stem",
+    "register_timm_models",
+    "timm_entrypoint",
+    *MODELS,
+]
