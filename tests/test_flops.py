@@ -26,13 +26,6 @@ from vmamba_ref.flops import (
 from vmamba_ref.model import vmamba_mini
 from vmamba_ref.ss2d import SS2D
 
-# The test kit's NaN fill (tests/conftest.py) replaces torch.empty during each test, and torch
-# caches its list of factories for `with torch.device(...)` on first use: a first use inside that
-# replacement would make every later meta-device build allocate real, NaN-filled CPU memory. One
-# use at collection time caches torch's own factories.
-with torch.device("meta"):
-    torch.empty(0)
-
 # Spec section 9: the official fvcore count at 1x3x224x224, head included.
 SPEC_GFLOPS = {"vmamba_tiny": 4.905609984, "vmamba_small": 8.71577472, "vmamba_base": 15.358944256}
 # Spec section 9, VMamba-T by operator, in G rounded to 4 places. The official x_proj/dt_proj are

@@ -94,6 +94,11 @@ def nan_filled_empty(callers: Sequence[str] | None = None, numpy: bool = True) -
     targets.append((torch.Tensor, "new_empty", _fill_torch))
     if numpy:
         targets.extend((np, name, _fill_numpy) for name in _NUMPY_FACTORIES)
+    # torch caches the factory functions that a `with torch.device(...)` block redirects the
+    # first time such a block is used; prime that cache with the real factories, or every later
+    # device block in the process would miss the patched (and then restored) ones.
+    with torch.device("meta"):
+        torch.empty(0)
     patched: list[tuple[object, str, Any]] = []
     try:
         for owner, name, wrap in targets:
