@@ -48,6 +48,14 @@ def random_shift(images: torch.Tensor, shift: int, generator: torch.Generator) -
     )  # (b, c, h, w)
 
 
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """Learning-rate factor at `step`: linear warm-up over `warmup` steps, then a cosine decay
+    to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, split: Split, batch_size: int = 256) -> float:
     """Top-1 accuracy of `model` on `split`, in evaluation mode."""
@@ -70,13 +78,7 @@ def fit(model: nn.Module, train: Split, test: Split, config: TrainConfig = Train
     steps_per_epoch = math.ceil(len(train.labels) / config.batch_size)
     total = config.epochs * steps_per_epoch if max_steps is None else min(max_steps, config.epochs * steps_per_epoch)
     warmup = min(steps_per_epoch, total)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
     history = History()
     start_time = time.perf_counter()
     model.train()
