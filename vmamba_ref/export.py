@@ -2,14 +2,15 @@
 
 The scan backends differ in what a tracer can follow:
 
-| backend  | torch.compile | torch.export / ONNX | why                                          |
-|----------|---------------|---------------------|----------------------------------------------|
-| "torch"  | yes           | yes                 | standard ops only (an odd-even parallel scan) |
-| "ref"    | slowly        | no                  | a Python loop of l steps and value checks     |
-| "numba"  | no            | no                  | NumPy kernels outside torch                   |
-| "triton" | -             | no                  | custom kernels that ONNX cannot express       |
+| backend  | torch.compile              | torch.export                      | ONNX |
+|----------|----------------------------|-----------------------------------|------|
+| "torch"  | one graph                  | standard ops only: portable       | yes  |
+| "numba"  | one graph, opaque scan ops | with `vmamba::` custom ops, which run only where vmamba_fast is installed | no |
+| "triton" | not tested here (CUDA)     | not tested here (CUDA)            | no   |
+| "ref"    | slowly: the l-step loop unrolls and value checks break the graph | no | no |
 
-so every function here requires a model built with `backend="torch"`;
+so every function here requires a model built with `backend="torch"`, whose graph is made of
+standard operators that ONNX and any PyTorch runtime understand;
 `rebuild_with_backend(model, "torch")` copies a model built with another backend (for example
 one that loaded official weights) onto it. The exported graph computes in float32 and matches
 the eager model to rounding: the parallel scan sums in another order than the loop.
