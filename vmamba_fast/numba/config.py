@@ -21,7 +21,9 @@ Why each flag (measured facts in `perf_notes.md`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 FASTMATH = frozenset({"contract", "reassoc", "afn", "arcp", "nsz"})
 
@@ -34,10 +36,14 @@ class NumbaConfig:
     error_model: str = "numpy"  # no divide-by-zero branch in the loops
     cache: bool = True  # compiled kernels persist in __pycache__
     parallel: bool = True  # prange over (batch, channel block) in the launchers
-    chains: int = 16  # independent recurrences per work item: channel block = max(1, chains // n)
-    time_tile: int = (
-        128  # time steps per tile; the tile's scratch, 3*chains*time_tile floats, stays in L1/L2
-    )
+    # Independent recurrences advanced together; a channel block holds max(1, chains // n)
+    # channels, so that cb*n >= chains chains hide the FMA latency.
+    chains: int = 16
+    # Time steps per tile; a tile's scratch, about 8*chains*time_tile floats, stays in L2.
+    time_tile: int = 512
+    # Partial sums of dB and dC per route in the backward. Fixed, not the thread count, so
+    # that results do not depend on how many threads run.
+    reduction_groups: int = 4
 
     def jit(self, parallel: bool = False) -> dict:
         """Keyword arguments for `numba.njit`; `parallel=True` for a prange launcher."""
@@ -53,3 +59,36 @@ class NumbaConfig:
 CONFIG = NumbaConfig()
 JIT = CONFIG.jit()  # helpers and tile routines
 PARALLEL_JIT = CONFIG.jit(parallel=True)  # launchers with a prange
+
+_active = [CONFIG]
+
+
+def active() -> NumbaConfig:
+    """The configuration the launchers use now: CONFIG, or the innermost `override`."""
+    return _active[-1]
+
+
+@contextmanager
+def override(**changes: int) -> Iterator[NumbaConfig]:
+    """Run the kernels with other work-decomposition sizes inside the block, e.g.
+
+        with override(time_tile=3):   # a tile boundary every 3 steps: what tests need
+            y = selective_scan(...)
+
+    Only `chains`, `time_tile` and `reduction_groups` can change here: they are run-time
+    arguments of the kernels, so nothing recompiles. The compilation flags are fixed when the
+    module is imported.
+    """
+    unknown = set(changes) - {"chains", "time_tile", "reduction_groups"}
+    if unknown:
+        raise ValueError(
+            f"override: only chains, time_tile and reduction_groups can change, got {sorted(unknown)}"
+        )
+    for name, value in changes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"override: {name} must be an int >= 1, got {value!r}")
+    _active.append(replace(active(), **changes))
+    try:
+        yield _active[-1]
+    finally:
+        _active.pop()

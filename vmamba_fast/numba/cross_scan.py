@@ -84,8 +84,8 @@ def _cross_merge_kernel(ys, h, w, y):
 def cross_scan_cpu(x: torch.Tensor) -> torch.Tensor:
     """The CPU kernel of `vmamba::cross_scan`: x (b, d, h, w) -> xs (b, 4, d, h*w), x's dtype."""
     fn = "vmamba::cross_scan"
-    check_grid(fn, "x", x)
     check_cpu(fn, x=x)
+    check_grid(fn, "x", x)
     b, d, h, w = x.shape
     if h < 1 or w < 1:
         route_positions(h, w)  # raises the reference's error for an empty grid
@@ -98,9 +98,9 @@ def cross_scan_cpu(x: torch.Tensor) -> torch.Tensor:
 def cross_merge_cpu(ys: torch.Tensor) -> torch.Tensor:
     """The CPU kernel of `vmamba::cross_merge`: ys (b, 4, d, h, w) -> y (b, d, h, w), ys's dtype."""
     fn = "vmamba::cross_merge"
+    check_cpu(fn, ys=ys)
     check_tensor(fn, "ys", ys)
     check_shape(fn, "ys", ys, (None, ROUTES, None, None, None), "b k d h w")
-    check_cpu(fn, ys=ys)
     b, _, d, h, w = ys.shape
     if h < 1 or w < 1:
         route_positions(h, w)
@@ -119,8 +119,8 @@ def cross_scan(x: torch.Tensor) -> torch.Tensor:
     """`vmamba_ref.cross_scan` on the Numba backend: x (b, d, h, w) -> xs (b, 4, d, h*w).
     Differentiable (its backward is cross_merge)."""
     if not torch.compiler.is_compiling():
-        check_grid("cross_scan", "x", x)
         check_cpu("cross_scan", x=x)
+        check_grid("cross_scan", "x", x)
         if x.shape[2] < 1 or x.shape[3] < 1:
             route_positions(x.shape[2], x.shape[3])
     return ops.cross_scan(x)
@@ -130,9 +130,9 @@ def cross_merge(ys: torch.Tensor) -> torch.Tensor:
     """`vmamba_ref.cross_merge` on the Numba backend: ys (b, 4, d, h, w) -> y (b, d, h, w), the
     adjoint of cross_scan. Differentiable (its backward is cross_scan)."""
     if not torch.compiler.is_compiling():
+        check_cpu("cross_merge", ys=ys)
         check_tensor("cross_merge", "ys", ys)
         check_shape("cross_merge", "ys", ys, (None, ROUTES, None, None, None), "b k d h w")
-        check_cpu("cross_merge", ys=ys)
         if ys.shape[3] < 1 or ys.shape[4] < 1:
             route_positions(ys.shape[3], ys.shape[4])
     return ops.cross_merge(ys)

@@ -10,7 +10,7 @@ Same function, signature, layouts and dtype rule as `vmamba_ref.selective_scan`,
 
 Kernel design. The outer, parallel loop (`prange`) runs over work items (batch bi, route ki,
 block of channels c0:c1 of that route): every item owns its outputs, so results do not depend on
-the thread count. An item walks time in tiles of `CONFIG.time_tile` steps; each tile has three
+the thread count. An item walks time in tiles of `config.time_tile` steps; each tile has three
 phases, chosen so that everything expensive runs in SIMD over contiguous memory:
 
     phase 1, `discretize`  (1a, 1b) copy the tile into contiguous scratch, then softplus and
@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 import torch
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from vmamba_fast import ops
-from vmamba_fast.numba.config import CONFIG, JIT, PARALLEL_JIT
+from vmamba_fast.numba.config import JIT, PARALLEL_JIT, active
 from vmamba_ref.backends import BackendUnavailableError
 from vmamba_ref.checks import check_selective_scan_args
 from vmamba_ref.selective_scan import compute_dtype
@@ -90,7 +91,7 @@ def zero_of(a):
     return a.dtype.type(0)
 
 
-@overload(exp_, inline="always")
+@overload(exp_)
 def _exp_impl(x):
     if x == types.float32:
 
@@ -126,7 +127,7 @@ def _exp_impl(x):
     return None
 
 
-@overload(log1p_, inline="always")
+@overload(log1p_)
 def _log1p_impl(e):
     if e == types.float32:
 
@@ -151,7 +152,7 @@ def _log1p_impl(e):
     return None
 
 
-@overload(zero_of, inline="always")
+@overload(zero_of)
 def _zero_of_impl(a):
     if a.dtype == types.float32:
         return lambda a: np.float32(0.0)
@@ -175,7 +176,7 @@ def _typed(x, value):
     return np.float32(value) if x == types.float32 else np.float64(value)
 
 
-@overload(softplus_, inline="always")
+@overload(softplus_)
 def _softplus_impl(x):
     if x not in (types.float32, types.float64):
         return None
@@ -187,7 +188,7 @@ def _softplus_impl(x):
     return softplus
 
 
-@overload(sigmoid_, inline="always")
+@overload(sigmoid_)
 def _sigmoid_impl(x):
     if x not in (types.float32, types.float64):
         return None
@@ -210,38 +211,70 @@ def _sigmoid_impl(x):
 # ------------------------------------------------------------------------------------------------
 
 
+ROW_PAD = 16  # elements added to every scratch row: at least one cache line
+
+
 @njit(**JIT)
-def fwd_scratch(cb, n, T, dtype):
-    """Scratch of a forward tile, every array (rows, T):
+def take(ws, offset, rows, cols):
+    """A C-contiguous (rows, cols + ROW_PAD) view of ws from `offset` and the offset after it;
+    callers use the first `cols` columns. ws (S,) is one thread's row of the workspace.
+
+    The padding keeps rows and consecutive arrays off 4 KiB multiples of each other: the
+    recurrence streams 12 rows at once (4 chains x dA, dBu, h), and rows 4 KiB apart all fall in
+    one set of the 8-way L1 and alias in the store-to-load forwarding, which measured 7x slower.
+    """
+    stride = cols + ROW_PAD
+    end = offset + rows * stride
+    return ws[offset:end].reshape((rows, stride)), end
+
+
+@njit(**JIT)
+def fwd_scratch(ws, cb, n, T):
+    """Scratch of a forward tile, carved from the front of ws; every array (rows, T):
     ub, xb, yb (cb, T): u, delta, y of routes that need a copy;  Bb, Cb (n, T): B, C likewise;
     dtb, dub (cb, T): dt, dt*u;  dAb, dBub, Hp (cb*n, T): row j*n+m holds dA, dBu and the state
-    h_{t-1} of chain (j, m)."""
-    return (
-        np.empty((cb, T), dtype),
-        np.empty((cb, T), dtype),
-        np.empty((cb, T), dtype),
-        np.empty((n, T), dtype),
-        np.empty((n, T), dtype),
-        np.empty((cb, T), dtype),
-        np.empty((cb, T), dtype),
-        np.empty((cb * n, T), dtype),
-        np.empty((cb * n, T), dtype),
-        np.empty((cb * n, T), dtype),
-    )
+    h_{t-1} of chain (j, m). Returns the tuple and the offset after it."""
+    ub, o = take(ws, 0, cb, T)
+    xb, o = take(ws, o, cb, T)
+    yb, o = take(ws, o, cb, T)
+    Bb, o = take(ws, o, n, T)
+    Cb, o = take(ws, o, n, T)
+    dtb, o = take(ws, o, cb, T)
+    dub, o = take(ws, o, cb, T)
+    dAb, o = take(ws, o, cb * n, T)
+    dBub, o = take(ws, o, cb * n, T)
+    Hp, o = take(ws, o, cb * n, T)
+    return (ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp), o
 
 
 @njit(**JIT)
-def bwd_scratch(cb, n, T, dtype):
-    """Extra scratch of a backward tile: dyb, gu, gdt (cb, T): dy, du, ddelta;
-    dBb, dCb (n, T): dB, dC summed over the block; G (cb*n, T): the adjoint states g."""
-    return (
-        np.empty((cb, T), dtype),
-        np.empty((cb, T), dtype),
-        np.empty((cb, T), dtype),
-        np.empty((n, T), dtype),
-        np.empty((n, T), dtype),
-        np.empty((cb * n, T), dtype),
-    )
+def bwd_scratch(ws, offset, cb, n, T, ntiles):
+    """Scratch of a backward tile, carved from ws after `fwd_scratch`'s: dyb, gu, gdt (cb, T):
+    dy, du, ddelta; dBb, dCb (n, T): dB, dC summed over the block; G (cb*n, T): the adjoint
+    states g; ckpt (ntiles, cb*n + pad): the state at each tile start (first cb*n columns);
+    h, q (cb*n,): state and adjoint carry."""
+    dyb, o = take(ws, offset, cb, T)
+    gu, o = take(ws, o, cb, T)
+    gdt, o = take(ws, o, cb, T)
+    dBb, o = take(ws, o, n, T)
+    dCb, o = take(ws, o, n, T)
+    G, o = take(ws, o, cb * n, T)
+    ckpt, o = take(ws, o, ntiles, cb * n)
+    h, o = take(ws, o, 1, cb * n)
+    q, o = take(ws, o, 1, cb * n)
+    return (dyb, gu, gdt, dBb, dCb, G), ckpt, h[0, : cb * n], q[0, : cb * n]
+
+
+def workspace(cb: int, n: int, T: int, ntiles: int, dtype: torch.dtype) -> np.ndarray:
+    """Scratch for every thread: (threads, S) with S the size of `fwd_scratch` plus
+    `bwd_scratch` (ntiles checkpoints) for blocks of up to cb channels. Kernels take their thread's row
+    (`numba.get_thread_id()`), so they allocate nothing: Numba's allocation functions would have
+    to compile while the test suite replaces `numpy.empty` by a NaN-filling wrapper, which
+    fails; and one allocation per call is cheaper than one per work item. Fresh per call, so
+    that calls from several Python threads (the kernels release the GIL) do not share it."""
+    rows = 8 * cb + 4 * n + 4 * cb * n  # of length T, plus ntiles + 2 of length cb*n
+    size = rows * (T + ROW_PAD) + (ntiles + 2) * (cb * n + ROW_PAD)
+    return torch.empty(numba.config.NUMBA_NUM_THREADS, size, dtype=dtype).numpy()
 
 
 @njit(**JIT)
@@ -547,15 +580,15 @@ def store_state(src, dst, bi, c0, cb, n):
 
 @njit(**PARALLEL_JIT)
 def _selective_scan_fwd_kernel(
-    u, delta, A, B, C, D, bias, h0, softplus, has_D, block, tile, y, h_last
+    u, delta, A, B, C, D, bias, h0, softplus, has_D, block, tile, work, y, h_last
 ):
     """Forward selective scan, equations (1)-(3).
 
     u, delta, y (b, k*d, l); A (k*d, n); B, C (b, k, n, l); D, bias (k*d,); h0, h_last (b, k*d, n);
-    all C-contiguous, one float dtype. The prange runs over b*k*nblk items: item -> batch bi,
-    route ki, channels c0:c1 (at most `block` of route ki's d channels); the item walks l in
-    tiles of `tile` steps, reading its rows of u, delta, B, C in place and carrying its cb*n
-    states from tile to tile.
+    all C-contiguous, one float dtype; work (threads, S) scratch (`workspace`). The prange runs
+    over b*k*nblk items: item -> batch bi, route ki, channels c0:c1 (at most `block` of route
+    ki's d channels); the item walks l in tiles of `tile` steps, reading its rows of u, delta,
+    B, C in place and carrying its cb*n states from tile to tile in its thread's scratch.
     """
     b, kd, l = u.shape
     k = B.shape[1]
@@ -568,8 +601,9 @@ def _selective_scan_fwd_kernel(
         c0 = ki * d + (item % nblk) * block
         c1 = min(c0 + block, (ki + 1) * d)
         cb = c1 - c0
-        _, _, _, _, _, dtb, dub, dAb, dBub, Hp = fwd_scratch(cb, n, tile, u.dtype)
-        h = np.empty(cb * n, u.dtype)
+        ws = work[numba.get_thread_id()]  # (S,)
+        (_, _, _, _, _, dtb, dub, dAb, dBub, Hp), o = fwd_scratch(ws, cb, n, tile)
+        h = take(ws, o, 1, cb * n)[0][0, : cb * n]  # (cb*n,)
         load_state(h0, bi, c0, cb, n, h)
         Ab, Db, biasb = A[c0:c1], D[c0:c1], bias[c0:c1]
         us, xs, Bs, Cs, ys = u[bi], delta[bi], B[bi, ki], C[bi, ki], y[bi]  # (k*d, l) and (n, l)
@@ -585,37 +619,24 @@ def _selective_scan_fwd_kernel(
 
 @njit(**PARALLEL_JIT)
 def _selective_scan_bwd_kernel(
-    u,
-    delta,
-    A,
-    B,
-    C,
-    D,
-    bias,
-    h0,
-    dy,
-    dlast,
-    softplus,
-    has_D,
-    block,
-    tile,
-    du,
-    ddelta,
-    dA_part,
-    dB_part,
-    dC_part,
-    dD_part,
-    dbias_part,
-    dh0,
-):
+    u, delta, A, B, C, D, bias, h0, dy, dlast, softplus, has_D, block, tile, groups, work,
+    du, ddelta, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0,
+):  # fmt: skip
     """Backward selective scan, recomputing the states (equation (4) and `gradients`).
 
     Inputs as `_selective_scan_fwd_kernel`, plus dy (b, k*d, l) and dlast (b, k*d, n) (zeros
-    when the last state is unused). Outputs: du, ddelta (b, k*d, l); dh0 (b, k*d, n); partial
-    sums that the caller reduces: dA_part (b, k*d, n), dD_part, dbias_part (b, k*d) (summed over
-    b), dB_part, dC_part (b, k, nblk, n, l) (summed over the nblk channel blocks of a route).
-    Same prange over (bi, ki, channel block) as the forward. Each item sweeps forward keeping
-    the state at every tile start (ntiles*cb*n numbers), then runs its tiles last to first.
+    when the last state is unused); work (threads, S) scratch with ceil(l / tile) checkpoints.
+    Outputs: du, ddelta (b, k*d, l); dh0 (b, k*d, n); partial sums that the caller reduces:
+    dA_part (b, k*d, n), dD_part, dbias_part (b, k*d) (summed over b), dB_part, dC_part
+    (b, k, groups, n, l), zero on entry (summed over the groups).
+
+    The prange runs over b*k*groups items: item -> batch bi, route ki, group g, which takes
+    the channel blocks g, g+groups, ... of route ki one after the other and adds their dB, dC
+    into its own partial row. `groups` is fixed, not the thread count, so the sums do not
+    depend on how many threads run, and the partials stay (b, k, groups, n, l): never a
+    (b, k*d, l, n) tensor even when a block is one channel (n >= chains). Per block, a forward
+    sweep keeps the state at every tile start (ntiles*cb*n numbers), then the tiles run last
+    to first.
     """
     b, kd, l = u.shape
     k = B.shape[1]
@@ -623,62 +644,51 @@ def _selective_scan_bwd_kernel(
     d = kd // k
     nblk = (d + block - 1) // block
     ntiles = (l + tile - 1) // tile
-    for item in prange(b * k * nblk):
-        bi = item // (k * nblk)
-        blk = item % nblk
-        ki = (item // nblk) % k
-        c0 = ki * d + blk * block
-        c1 = min(c0 + block, (ki + 1) * d)
-        cb = c1 - c0
-        s = fwd_scratch(cb, n, tile, u.dtype)
-        ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp = s
-        sb = bwd_scratch(cb, n, tile, u.dtype)
-        dyb, gu, gdt, dBb, dCb, G = sb
-        Ab, Db, biasb = A[c0:c1], D[c0:c1], bias[c0:c1]
-        us, xs, Bs, Cs = u[bi], delta[bi], B[bi, ki], C[bi, ki]  # (k*d, l) and (n, l)
-        ckpt = np.empty((ntiles, cb * n), u.dtype)
-        h = np.empty(cb * n, u.dtype)
-        q = np.empty(cb * n, u.dtype)
-        load_state(h0, bi, c0, cb, n, h)
-        load_state(dlast, bi, c0, cb, n, q)
-        for ti in range(ntiles):
-            t0 = ti * tile
-            tl = min(tile, l - t0)
-            ckpt[ti] = h
-            discretize(
-                us, c0, t0, xs, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb, dub, dAb, dBub
-            )
-            recurrence(dAb, dBub, Hp, h, tl, False)
-        for ti in range(ntiles - 1, -1, -1):
-            t0 = ti * tile
-            t1 = min(t0 + tile, l)
-            h[:] = ckpt[ti]
-            load_rows(us, c0, t0, t1, ub)
-            load_rows(xs, c0, t0, t1, xb)
-            load_rows(Bs, 0, t0, t1, Bb)
-            load_rows(Cs, 0, t0, t1, Cb)
-            load_rows(dy[bi], c0, t0, t1, dyb)
-            tile_bwd(
-                s,
-                sb,
-                Ab,
-                Db,
-                biasb,
-                softplus,
-                has_D,
-                h,
-                q,
-                t1 - t0,
-                False,
-                dA_part[bi, c0:c1],
-                dD_part[bi, c0:c1],
-                dbias_part[bi, c0:c1],
-            )
-            store_rows(gu, du[bi], c0, t0, t1, False)
-            store_rows(gdt, ddelta[bi], c0, t0, t1, False)
-            store_rows(dBb, dB_part[bi, ki, blk], 0, t0, t1, False)
-            store_rows(dCb, dC_part[bi, ki, blk], 0, t0, t1, False)
-        store_state(q, dh0, bi, c0, cb, n)
+    for item in prange(b * k * groups):
+        bi = item // (k * groups)
+        ki = (item // groups) % k
+        g = item % groups
+        us, xs, dys, Bs, Cs = u[bi], delta[bi], dy[bi], B[bi, ki], C[bi, ki]  # (k*d | n, l)
+        dBs, dCs = dB_part[bi, ki, g], dC_part[bi, ki, g]  # (n, l)
+        ws = work[numba.get_thread_id()]  # (S,)
+        for blk in range(g, nblk, groups):
+            c0 = ki * d + blk * block
+            c1 = min(c0 + block, (ki + 1) * d)
+            cb = c1 - c0
+            s, o = fwd_scratch(ws, cb, n, tile)
+            ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp = s
+            sb, ckpt, h, q = bwd_scratch(ws, o, cb, n, tile, ntiles)
+            dyb, gu, gdt, dBb, dCb, G = sb
+            Ab, Db, biasb = A[c0:c1], D[c0:c1], bias[c0:c1]
+            load_state(h0, bi, c0, cb, n, h)
+            load_state(dlast, bi, c0, cb, n, q)
+            for ti in range(ntiles):
+                t0 = ti * tile
+                tl = min(tile, l - t0)
+                ckpt[ti, : cb * n] = h
+                discretize(
+                    us, c0, t0, xs, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb, dub, dAb,
+                    dBub,
+                )  # fmt: skip
+                recurrence(dAb, dBub, Hp, h, tl, False)
+            for ti in range(ntiles - 1, -1, -1):
+                t0 = ti * tile
+                t1 = min(t0 + tile, l)
+                h[:] = ckpt[ti, : cb * n]
+                load_rows(us, c0, t0, t1, ub)
+                load_rows(xs, c0, t0, t1, xb)
+                load_rows(Bs, 0, t0, t1, Bb)
+                load_rows(Cs, 0, t0, t1, Cb)
+                load_rows(dys, c0, t0, t1, dyb)
+                tile_bwd(
+                    s, sb, Ab, Db, biasb, softplus, has_D, h, q, t1 - t0, False,
+                    dA_part[bi, c0:c1], dD_part[bi, c0:c1], dbias_part[bi, c0:c1],
+                )  # fmt: skip
+                store_rows(gu, du[bi], c0, t0, t1, False)
+                store_rows(gdt, ddelta[bi], c0, t0, t1, False)
+                store_rows(dBb, dBs, 0, t0, t1, True)
+                store_rows(dCb, dCs, 0, t0, t1, True)
+            store_state(q, dh0, bi, c0, cb, n)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -687,10 +697,11 @@ def _selective_scan_bwd_kernel(
 # ------------------------------------------------------------------------------------------------
 
 
-def check_cpu(fn: str, **tensors: torch.Tensor | None) -> None:
-    """Raise if any tensor is off the CPU: the Numba kernels read host memory only."""
+def check_cpu(fn: str, **tensors: object) -> None:
+    """Raise if any tensor is off the CPU: the Numba kernels read host memory only. (Arguments
+    that are not tensors are left to the type checks that follow.)"""
     for name, t in tensors.items():
-        if t is not None and t.device.type != "cpu":
+        if isinstance(t, torch.Tensor) and t.device.type != "cpu":
             raise BackendUnavailableError(
                 f"{fn}: backend 'numba' runs on CPU tensors, but `{name}` is on {t.device}; "
                 "pass backend='triton' for CUDA tensors, or backend='ref'"
@@ -703,9 +714,14 @@ def as_kernel_array(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     return t.detach().to(dtype).contiguous().numpy()
 
 
+def time_tile(l: int) -> int:
+    """Steps per tile: the configured tile, or the whole sequence when it is shorter."""
+    return max(1, min(active().time_tile, l))
+
+
 def channel_block(n: int) -> int:
-    """Channels per work item: enough that cb*n >= CONFIG.chains recurrences run side by side."""
-    return max(1, CONFIG.chains // n)
+    """Channels per block: enough that cb*n >= config.chains recurrences run side by side."""
+    return max(1, active().chains // n)
 
 
 def _kernel_args(u, delta, A, B, C, D, delta_bias, initial_state):
@@ -737,21 +753,17 @@ def selective_scan_fwd_cpu(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward on CPU tensors -> (y (b, k*d, l), h_last (b, k*d, n)) in the computation dtype."""
     fn = "vmamba::selective_scan_fwd"
-    check_selective_scan_args(fn, u, delta, A, B, C, D, delta_bias, initial_state)
     check_cpu(fn, u=u)
+    check_selective_scan_args(fn, u, delta, A, B, C, D, delta_bias, initial_state)
     dtype, args = _kernel_args(u, delta, A, B, C, D, delta_bias, initial_state)
     b, kd, l = u.shape
     n = B.shape[2]
     y = torch.empty(b, kd, l, dtype=dtype)  # (b, k*d, l)
     h_last = torch.empty(b, kd, n, dtype=dtype)  # (b, k*d, n)
+    block, tile = channel_block(n), time_tile(l)
+    work = workspace(block, n, tile, 0, dtype)  # (threads, S)
     _selective_scan_fwd_kernel(
-        *args,
-        bool(delta_softplus),
-        D is not None,
-        channel_block(n),
-        CONFIG.time_tile,
-        y.numpy(),
-        h_last.numpy(),
+        *args, bool(delta_softplus), D is not None, block, tile, work, y.numpy(), h_last.numpy()
     )
     return y, h_last
 
@@ -773,8 +785,8 @@ def selective_scan_bwd_cpu(
     each in the dtype of its input (the computation dtype for an input that is None: the
     gradient with respect to a zero D, delta_bias or initial state)."""
     fn = "vmamba::selective_scan_bwd"
-    b, k, d, l, n = check_selective_scan_args(fn, u, delta, A, B, C, D, delta_bias, initial_state)
     check_cpu(fn, u=u, dy=dy, dlast=dlast)
+    b, k, d, l, n = check_selective_scan_args(fn, u, delta, A, B, C, D, delta_bias, initial_state)
     dtype, args = _kernel_args(u, delta, A, B, C, D, delta_bias, initial_state)
     kd = k * d
     if tuple(dy.shape) != (b, kd, l):
@@ -787,33 +799,24 @@ def selective_scan_bwd_cpu(
         if dlast is None
         else as_kernel_array(dlast, dtype)
     )
+    config = active()
     block = channel_block(n)
-    nblk = (d + block - 1) // block
+    groups = min((d + block - 1) // block, config.reduction_groups)
     du = torch.empty(b, kd, l, dtype=dtype)  # (b, k*d, l)
     ddelta = torch.empty(b, kd, l, dtype=dtype)  # (b, k*d, l)
     dA_part = torch.zeros(b, kd, n, dtype=dtype)  # (b, k*d, n)
-    dB_part = torch.zeros(b, k, nblk, n, l, dtype=dtype)  # (b, k, nblk, n, l)
-    dC_part = torch.zeros(b, k, nblk, n, l, dtype=dtype)  # (b, k, nblk, n, l)
+    dB_part = torch.zeros(b, k, groups, n, l, dtype=dtype)  # (b, k, groups, n, l)
+    dC_part = torch.zeros(b, k, groups, n, l, dtype=dtype)  # (b, k, groups, n, l)
     dD_part = torch.zeros(b, kd, dtype=dtype)  # (b, k*d)
     dbias_part = torch.zeros(b, kd, dtype=dtype)  # (b, k*d)
     dh0 = torch.empty(b, kd, n, dtype=dtype)  # (b, k*d, n)
+    tile = time_tile(l)
+    work = workspace(block, n, tile, (l + tile - 1) // tile, dtype)  # (threads, S)
     _selective_scan_bwd_kernel(
-        *args,
-        dy_,
-        dlast_,
-        bool(delta_softplus),
-        D is not None,
-        block,
-        CONFIG.time_tile,
-        du.numpy(),
-        ddelta.numpy(),
-        dA_part.numpy(),
-        dB_part.numpy(),
-        dC_part.numpy(),
-        dD_part.numpy(),
-        dbias_part.numpy(),
-        dh0.numpy(),
-    )
+        *args, dy_, dlast_, bool(delta_softplus), D is not None, block, tile, groups, work,
+        du.numpy(), ddelta.numpy(), dA_part.numpy(), dB_part.numpy(), dC_part.numpy(),
+        dD_part.numpy(), dbias_part.numpy(), dh0.numpy(),
+    )  # fmt: skip
     grads = (
         du,
         ddelta,
@@ -848,8 +851,8 @@ def selective_scan(
     initial_state included, through the `vmamba::selective_scan_fwd` operator.
     """
     if not torch.compiler.is_compiling():
-        check_selective_scan_args("selective_scan", u, delta, A, B, C, D, delta_bias, initial_state)
         check_cpu("selective_scan", u=u, initial_state=initial_state)
+        check_selective_scan_args("selective_scan", u, delta, A, B, C, D, delta_bias, initial_state)
     y, last_state = ops.selective_scan_fwd(
         u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus
     )

@@ -39,12 +39,12 @@ variants, which do not exist for the CPU.
 
 from __future__ import annotations
 
-import numpy as np
+import numba
 import torch
 from numba import njit, prange
 
 from vmamba_fast import ops
-from vmamba_fast.numba.config import CONFIG, JIT, PARALLEL_JIT
+from vmamba_fast.numba.config import JIT, PARALLEL_JIT, active
 from vmamba_fast.numba.selective_scan import (
     as_kernel_array,
     bwd_scratch,
@@ -56,7 +56,10 @@ from vmamba_fast.numba.selective_scan import (
     readout,
     recurrence,
     store_rows,
+    take,
     tile_bwd,
+    time_tile,
+    workspace,
 )
 from vmamba_ref.checks import check_selective_scan_args
 from vmamba_ref.cross_scan import ROUTES, route_positions
@@ -127,12 +130,25 @@ def route_tiles(route, h, w, tile, tw):
     return (w + tw - 1) // tw
 
 
+@njit(**JIT)
+def core_tiles(h, w, tile):
+    """(tw, T, nckpt): columns per band of the column-major routes, scratch length of a tile
+    (a run of `tile` positions or a band of tw*h), and the most tiles a route has."""
+    tw = max(1, tile // h)
+    return (
+        tw,
+        max(tile, tw * h),
+        max(route_tiles(0, h, w, tile, tw), route_tiles(1, h, w, tile, tw)),
+    )
+
+
 @njit(**PARALLEL_JIT)
-def _ss2d_core_fwd_kernel(x, delta, A, B, C, D, bias, softplus, has_D, block, tile, h, w, y):
+def _ss2d_core_fwd_kernel(x, delta, A, B, C, D, bias, softplus, has_D, block, tile, h, w, work, y):
     """Fused SS2D core forward.
 
     x, y (b, d, l) the feature map and the merged output, row-major (l = h*w); delta (b, k, d, l);
-    B, C (b, k, n, l); A (k*d, n); D, bias (k*d,); all C-contiguous, one float dtype.
+    B, C (b, k, n, l); A (k*d, n); D, bias (k*d,); all C-contiguous, one float dtype; work
+    (threads, S) scratch (`workspace`, tiles of `core_tiles(h, w, tile)[1]`).
     The prange runs over b*nblk items: item -> batch bi, channels c0:c1 (at most `block`);
     the item scans routes 0-3 for its channels (parameters of route k: rows k*d + c0 ...) and
     accumulates y[bi, c0:c1] (route 0 writes, routes 1-3 add).
@@ -140,15 +156,15 @@ def _ss2d_core_fwd_kernel(x, delta, A, B, C, D, bias, softplus, has_D, block, ti
     b, d, l = x.shape
     n = B.shape[2]
     nblk = (d + block - 1) // block
-    tw = max(1, tile // h)  # columns per band of the column-major routes
-    T = max(tile, tw * h)
+    tw, T, _ = core_tiles(h, w, tile)
     for item in prange(b * nblk):
         bi = item // nblk
         c0 = (item % nblk) * block
         c1 = min(c0 + block, d)
         cb = c1 - c0
-        ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp = fwd_scratch(cb, n, T, x.dtype)
-        hs = np.zeros(cb * n, x.dtype)
+        ws = work[numba.get_thread_id()]  # (S,)
+        (ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp), o = fwd_scratch(ws, cb, n, T)
+        hs = take(ws, o, 1, cb * n)[0][0, : cb * n]  # (cb*n,)
         xs, ys = x[bi], y[bi]  # (d, l)
         for route in range(4):
             p0 = route * d + c0
@@ -211,141 +227,101 @@ def _ss2d_core_fwd_kernel(x, delta, A, B, C, D, bias, softplus, has_D, block, ti
 
 @njit(**PARALLEL_JIT)
 def _ss2d_core_bwd_kernel(
-    x,
-    delta,
-    A,
-    B,
-    C,
-    D,
-    bias,
-    dy,
-    softplus,
-    has_D,
-    block,
-    tile,
-    h,
-    w,
-    dx,
-    ddelta,
-    dA_part,
-    dB_part,
-    dC_part,
-    dD_part,
-    dbias_part,
-):
+    x, delta, A, B, C, D, bias, dy, softplus, has_D, block, tile, groups, h, w, work,
+    dx, ddelta, dA_part, dB_part, dC_part, dD_part, dbias_part,
+):  # fmt: skip
     """Fused SS2D core backward, recomputing the states.
 
-    Inputs as `_ss2d_core_fwd_kernel` plus dy (b, d, l). Outputs: dx (b, d, l) (route 0
-    writes, routes 1-3 add); ddelta (b, k, d, l); partial sums that the caller reduces:
-    dA_part (b, k*d, n), dD_part, dbias_part (b, k*d) (over b); dB_part, dC_part
-    (b, nblk, k, n, l) (over the nblk channel blocks). Same prange as the forward; per route,
-    a forward sweep keeps the state at each tile start, then the tiles run last to first.
+    Inputs as `_ss2d_core_fwd_kernel` plus dy (b, d, l); work has room for `core_tiles`
+    checkpoints. Outputs: dx (b, d, l) (route 0 writes, routes 1-3 add); ddelta (b, k, d, l);
+    partial sums that the caller reduces: dA_part (b, k*d, n), dD_part, dbias_part (b, k*d)
+    (over b); dB_part, dC_part (b, groups, k, n, l), zero on entry (over the groups).
+
+    The prange runs over b*groups items: item -> batch bi, group g, which takes the channel
+    blocks g, g+groups, ... one after the other, all four routes each, and adds their dB, dC
+    into its own partial row (`groups` is fixed, so the sums do not depend on the thread count).
+    Per block and route, a forward sweep keeps the state at each tile start, then the tiles run
+    last to first.
     """
     b, d, l = x.shape
     n = B.shape[2]
     nblk = (d + block - 1) // block
-    tw = max(1, tile // h)
-    T = max(tile, tw * h)
-    nckpt = max(route_tiles(0, h, w, tile, tw), route_tiles(1, h, w, tile, tw))
-    for item in prange(b * nblk):
-        bi = item // nblk
-        blk = item % nblk
-        c0 = blk * block
-        c1 = min(c0 + block, d)
-        cb = c1 - c0
-        s = fwd_scratch(cb, n, T, x.dtype)
-        ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp = s
-        sb = bwd_scratch(cb, n, T, x.dtype)
-        dyb, gu, gdt, dBb, dCb, G = sb
-        ckpt = np.empty((nckpt, cb * n), x.dtype)
-        hs = np.empty(cb * n, x.dtype)
-        q = np.empty(cb * n, x.dtype)
+    tw, T, nckpt = core_tiles(h, w, tile)
+    for item in prange(b * groups):
+        bi = item // groups
+        g = item % groups
         xs, dys, dxs = x[bi], dy[bi], dx[bi]  # (d, l)
-        for route in range(4):
-            p0 = route * d + c0
-            Ab, Db, biasb = A[p0 : p0 + cb], D[p0 : p0 + cb], bias[p0 : p0 + cb]
-            ds, Bs, Cs = delta[bi, route], B[bi, route], C[bi, route]  # (d, l), (n, l), (n, l)
-            dds, dBs, dCs = ddelta[bi, route], dB_part[bi, blk, route], dC_part[bi, blk, route]
-            ntiles = route_tiles(route, h, w, tile, tw)
-            hs[:] = 0
-            for i in range(ntiles):
-                band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
-                ckpt[i] = hs
-                if band:
-                    load_band(xs, c0, h, w, start, size, ub)
-                    load_band(ds, c0, h, w, start, size, xb)
-                    load_band(Bs, 0, h, w, start, size, Bb)
-                    discretize(
-                        ub, 0, 0, xb, 0, 0, Bb, 0, 0, Ab, biasb, softplus, tl, dtb, dub, dAb, dBub
-                    )
-                else:
-                    discretize(
-                        xs,
-                        c0,
-                        start,
-                        ds,
-                        c0,
-                        start,
-                        Bs,
-                        0,
-                        start,
-                        Ab,
-                        biasb,
-                        softplus,
-                        tl,
-                        dtb,
-                        dub,
-                        dAb,
-                        dBub,
-                    )
-                recurrence(dAb, dBub, Hp, hs, tl, reverse)
-            q[:] = 0
-            for i in range(ntiles - 1, -1, -1):
-                band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
-                hs[:] = ckpt[i]
-                if band:
-                    load_band(xs, c0, h, w, start, size, ub)
-                    load_band(ds, c0, h, w, start, size, xb)
-                    load_band(Bs, 0, h, w, start, size, Bb)
-                    load_band(Cs, 0, h, w, start, size, Cb)
-                    load_band(dys, c0, h, w, start, size, dyb)
-                else:
-                    load_rows(xs, c0, start, start + tl, ub)
-                    load_rows(ds, c0, start, start + tl, xb)
-                    load_rows(Bs, 0, start, start + tl, Bb)
-                    load_rows(Cs, 0, start, start + tl, Cb)
-                    load_rows(dys, c0, start, start + tl, dyb)
-                tile_bwd(
-                    s,
-                    sb,
-                    Ab,
-                    Db,
-                    biasb,
-                    softplus,
-                    has_D,
-                    hs,
-                    q,
-                    tl,
-                    reverse,
-                    dA_part[bi, p0 : p0 + cb],
-                    dD_part[bi, p0 : p0 + cb],
-                    dbias_part[bi, p0 : p0 + cb],
-                )
-                if band:
-                    store_band(gu, dxs, c0, h, w, start, size, route > 0)
-                    store_band(gdt, dds, c0, h, w, start, size, False)
-                    store_band(dBb, dBs, 0, h, w, start, size, False)
-                    store_band(dCb, dCs, 0, h, w, start, size, False)
-                else:
-                    store_rows(gu, dxs, c0, start, start + tl, route > 0)
-                    store_rows(gdt, dds, c0, start, start + tl, False)
-                    store_rows(dBb, dBs, 0, start, start + tl, False)
-                    store_rows(dCb, dCs, 0, start, start + tl, False)
+        ws = work[numba.get_thread_id()]  # (S,)
+        for blk in range(g, nblk, groups):
+            c0 = blk * block
+            c1 = min(c0 + block, d)
+            cb = c1 - c0
+            s, o = fwd_scratch(ws, cb, n, T)
+            ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp = s
+            sb, ckpt, hs, q = bwd_scratch(ws, o, cb, n, T, nckpt)
+            dyb, gu, gdt, dBb, dCb, G = sb
+            for route in range(4):
+                p0 = route * d + c0
+                Ab, Db, biasb = A[p0 : p0 + cb], D[p0 : p0 + cb], bias[p0 : p0 + cb]
+                ds, Bs, Cs = delta[bi, route], B[bi, route], C[bi, route]  # (d | n, l)
+                dds, dBs, dCs = ddelta[bi, route], dB_part[bi, g, route], dC_part[bi, g, route]
+                ntiles = route_tiles(route, h, w, tile, tw)
+                hs[:] = 0
+                for i in range(ntiles):
+                    band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
+                    ckpt[i, : cb * n] = hs
+                    if band:
+                        load_band(xs, c0, h, w, start, size, ub)
+                        load_band(ds, c0, h, w, start, size, xb)
+                        load_band(Bs, 0, h, w, start, size, Bb)
+                        discretize(
+                            ub, 0, 0, xb, 0, 0, Bb, 0, 0, Ab, biasb, softplus, tl, dtb, dub,
+                            dAb, dBub,
+                        )  # fmt: skip
+                    else:
+                        discretize(
+                            xs, c0, start, ds, c0, start, Bs, 0, start, Ab, biasb, softplus, tl,
+                            dtb, dub, dAb, dBub,
+                        )  # fmt: skip
+                    recurrence(dAb, dBub, Hp, hs, tl, reverse)
+                q[:] = 0
+                for i in range(ntiles - 1, -1, -1):
+                    band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
+                    hs[:] = ckpt[i, : cb * n]
+                    if band:
+                        load_band(xs, c0, h, w, start, size, ub)
+                        load_band(ds, c0, h, w, start, size, xb)
+                        load_band(Bs, 0, h, w, start, size, Bb)
+                        load_band(Cs, 0, h, w, start, size, Cb)
+                        load_band(dys, c0, h, w, start, size, dyb)
+                    else:
+                        load_rows(xs, c0, start, start + tl, ub)
+                        load_rows(ds, c0, start, start + tl, xb)
+                        load_rows(Bs, 0, start, start + tl, Bb)
+                        load_rows(Cs, 0, start, start + tl, Cb)
+                        load_rows(dys, c0, start, start + tl, dyb)
+                    tile_bwd(
+                        s, sb, Ab, Db, biasb, softplus, has_D, hs, q, tl, reverse,
+                        dA_part[bi, p0 : p0 + cb], dD_part[bi, p0 : p0 + cb],
+                        dbias_part[bi, p0 : p0 + cb],
+                    )  # fmt: skip
+                    if band:
+                        store_band(gu, dxs, c0, h, w, start, size, route > 0)
+                        store_band(gdt, dds, c0, h, w, start, size, False)
+                        store_band(dBb, dBs, 0, h, w, start, size, True)
+                        store_band(dCb, dCs, 0, h, w, start, size, True)
+                    else:
+                        store_rows(gu, dxs, c0, start, start + tl, route > 0)
+                        store_rows(gdt, dds, c0, start, start + tl, False)
+                        store_rows(dBb, dBs, 0, start, start + tl, True)
+                        store_rows(dCb, dCs, 0, start, start + tl, True)
 
 
 def _check(fn, x, delta, A, B, C, D, delta_bias):
-    """The reference's checks in the reference's order: the grid layouts, then the scan's
-    (dtypes, A, D, delta_bias, finiteness) on zero-memory stand-ins of the scanned tensors."""
+    """The device, then the reference's checks in the reference's order: the grid layouts, then
+    the scan's (dtypes, A, D, delta_bias, finiteness) on zero-memory stand-ins of the scanned
+    tensors, so that every error reads as the reference's."""
+    check_cpu(fn, x=x, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
     b, d, h, w, n = check_ss2d_core_args(fn, x, delta, A, B, C)
     if h < 1 or w < 1:
         route_positions(h, w)  # raises the reference's error for an empty grid
@@ -360,7 +336,6 @@ def _check(fn, x, delta, A, B, C, D, delta_bias):
         D,
         delta_bias,
     )
-    check_cpu(fn, x=x, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
     return b, d, h, w, n
 
 
@@ -385,16 +360,12 @@ def ss2d_core_fwd_cpu(x, delta, A, B, C, D, delta_bias, delta_softplus):
     b, d, h, w, n = _check("vmamba::ss2d_core_fwd", x, delta, A, B, C, D, delta_bias)
     dtype, args = _kernel_args(x, delta, A, B, C, D, delta_bias)
     y = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
+    block, tile = channel_block(n), time_tile(h * w)
+    work = workspace(block, n, core_tiles(h, w, tile)[1], 0, dtype)  # (threads, S)
     _ss2d_core_fwd_kernel(
-        *args,
-        bool(delta_softplus),
-        D is not None,
-        channel_block(n),
-        CONFIG.time_tile,
-        h,
-        w,
+        *args, bool(delta_softplus), D is not None, block, tile, h, w, work,
         y.numpy().reshape(b, d, h * w),
-    )
+    )  # fmt: skip
     return y
 
 
@@ -409,32 +380,26 @@ def ss2d_core_bwd_cpu(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
         raise ValueError(f"{fn}: `dy` must have shape {(b, d, h, w)}, got {tuple(dy.shape)}")
     dtype, args = _kernel_args(x, delta, A, B, C, D, delta_bias)
     l = h * w
+    config = active()
     block = channel_block(n)
-    nblk = (d + block - 1) // block
+    groups = min((d + block - 1) // block, config.reduction_groups)
     dx = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
     ddelta = torch.empty(b, ROUTES, d, h, w, dtype=dtype)  # (b, k, d, h, w)
     dA_part = torch.zeros(b, ROUTES * d, n, dtype=dtype)  # (b, k*d, n)
-    dB_part = torch.zeros(b, nblk, ROUTES, n, h, w, dtype=dtype)  # (b, nblk, k, n, h, w)
-    dC_part = torch.zeros(b, nblk, ROUTES, n, h, w, dtype=dtype)  # (b, nblk, k, n, h, w)
+    dB_part = torch.zeros(b, groups, ROUTES, n, h, w, dtype=dtype)  # (b, groups, k, n, h, w)
+    dC_part = torch.zeros(b, groups, ROUTES, n, h, w, dtype=dtype)  # (b, groups, k, n, h, w)
     dD_part = torch.zeros(b, ROUTES * d, dtype=dtype)  # (b, k*d)
     dbias_part = torch.zeros(b, ROUTES * d, dtype=dtype)  # (b, k*d)
+    tile = time_tile(l)
+    _, T, nckpt = core_tiles(h, w, tile)
+    work = workspace(block, n, T, nckpt, dtype)  # (threads, S)
     _ss2d_core_bwd_kernel(
-        *args,
-        as_kernel_array(dy, dtype).reshape(b, d, l),
-        bool(delta_softplus),
-        D is not None,
-        block,
-        CONFIG.time_tile,
-        h,
-        w,
-        dx.numpy().reshape(b, d, l),
-        ddelta.numpy().reshape(b, ROUTES, d, l),
-        dA_part.numpy(),
-        dB_part.numpy().reshape(b, nblk, ROUTES, n, l),
-        dC_part.numpy().reshape(b, nblk, ROUTES, n, l),
-        dD_part.numpy(),
-        dbias_part.numpy(),
-    )
+        *args, as_kernel_array(dy, dtype).reshape(b, d, l), bool(delta_softplus), D is not None,
+        block, tile, groups, h, w, work,
+        dx.numpy().reshape(b, d, l), ddelta.numpy().reshape(b, ROUTES, d, l), dA_part.numpy(),
+        dB_part.numpy().reshape(b, groups, ROUTES, n, l),
+        dC_part.numpy().reshape(b, groups, ROUTES, n, l), dD_part.numpy(), dbias_part.numpy(),
+    )  # fmt: skip
     grads = (
         dx,
         ddelta,
