@@ -24,12 +24,19 @@ from vmamba_ref.backends import (
     fastest_backend,
     get_ops,
 )
-from vmamba_ref.checkpoint import CheckpointMismatchError, LoadReport, load_checkpoint
+from vmamba_ref.checkpoint import (
+    CheckpointMismatchError,
+    LoadReport,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 from vmamba_ref.config import SS2DConfig, VMambaConfig
 from vmamba_ref.cross_scan import cross_merge, cross_scan, cross_scan_routes, route_positions
 from vmamba_ref.model import (
     MODELS,
     VMamba,
+    VMambaFeatures,
     VSSBlock,
     vmamba_base,
     vmamba_mini,
@@ -59,9 +66,12 @@ __all__ = [
     "SS2DConfig",
     "VMamba",
     "VMambaConfig",
+    "VMambaFeatures",
     "VSSBlock",
     "fastest_backend",
     "load_checkpoint",
+    "load_model",
+    "save_checkpoint",
     "vmamba_base",
     "vmamba_mini",
     "vmamba_small",

@@ -60,10 +60,11 @@ def available_backends() -> list[str]:
 
 
 def fastest_backend(device: str = "cpu") -> str:
-    """The fastest backend installed for `device` ("cpu": numba, else ref; "cuda": triton, else
-    ref). For programs that pick for the user; they should say which one they picked."""
+    """The fastest backend installed for `device`: on the CPU numba, else the plain-PyTorch
+    parallel scan "torch"; on a GPU triton, else "torch". For programs that pick for the user;
+    they should say which one they picked."""
     preferred = "numba" if str(device).startswith("cpu") else "triton"
-    return preferred if is_available(preferred) else "ref"
+    return preferred if is_available(preferred) else "torch"
 
 
 def get_ops(backend: str) -> ScanOps:

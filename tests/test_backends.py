@@ -1,0 +1,29 @@
+"""Claims of vmamba_ref/backends.py: names are checked, a missing dependency is reported with
+what to install, and programs that pick for the user pick the fastest installed backend."""
+
+import pytest
+
+import vmamba_ref.backends as backends
+from vmamba_ref import BackendUnavailableError, fastest_backend, get_ops
+
+
+def test_fastest_backend_prefers_the_kernels_then_plain_pytorch(monkeypatch):
+    monkeypatch.setattr(backends, "is_available", lambda name: True)
+    assert fastest_backend("cpu") == "numba" and fastest_backend("cuda:0") == "triton"
+    monkeypatch.setattr(backends, "is_available", lambda name: name in ("ref", "torch"))
+    assert fastest_backend("cpu") == "torch" and fastest_backend("cuda") == "torch"
+
+
+def test_every_installed_backend_provides_the_four_operators():
+    for name in backends.available_backends():
+        ops = get_ops(name)
+        assert ops.name == name
+        assert all(callable(f) for f in (ops.cross_scan, ops.cross_merge, ops.selective_scan, ops.ss2d_core))
+
+
+def test_unknown_and_missing_backends_fail_loudly(monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        get_ops("cuda")
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'vmamba\[triton\]'"):
+        get_ops("triton")
