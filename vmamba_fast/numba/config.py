@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
+import numba
+
 FASTMATH = frozenset({"contract", "reassoc", "afn", "arcp", "nsz"})
 
 
@@ -44,6 +46,9 @@ class NumbaConfig:
     # Partial sums of dB and dC per route in the backward. Fixed, not the thread count, so
     # that results do not depend on how many threads run.
     reduction_groups: int = 4
+    # Problems with fewer scan elements (b*k*d*l) run on one thread: a parallel launch costs
+    # tens of microseconds, and on a busy machine a descheduled worker stalls the whole call.
+    parallel_threshold: int = 1 << 16
 
     def jit(self, parallel: bool = False) -> dict:
         """Keyword arguments for `numba.njit`; `parallel=True` for a prange launcher."""
@@ -75,20 +80,36 @@ def override(**changes: int) -> Iterator[NumbaConfig]:
         with override(time_tile=3):   # a tile boundary every 3 steps: what tests need
             y = selective_scan(...)
 
-    Only `chains`, `time_tile` and `reduction_groups` can change here: they are run-time
-    arguments of the kernels, so nothing recompiles. The compilation flags are fixed when the
-    module is imported.
+    Only the work-decomposition fields can change here: they are run-time arguments of the
+    kernels, so nothing recompiles. The compilation flags are fixed when the module is imported.
     """
-    unknown = set(changes) - {"chains", "time_tile", "reduction_groups"}
+    tunable = {"chains", "time_tile", "reduction_groups", "parallel_threshold"}
+    unknown = set(changes) - tunable
     if unknown:
-        raise ValueError(
-            f"override: only chains, time_tile and reduction_groups can change, got {sorted(unknown)}"
-        )
+        raise ValueError(f"override: only {sorted(tunable)} can change, got {sorted(unknown)}")
     for name, value in changes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"override: {name} must be an int >= 1, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"override: {name} must be an int >= 0, got {value!r}")
+        if value == 0 and name != "parallel_threshold":
+            raise ValueError(f"override: {name} must be at least 1, got 0")
     _active.append(replace(active(), **changes))
     try:
         yield _active[-1]
     finally:
         _active.pop()
+
+
+@contextmanager
+def threads_for(elements: int) -> Iterator[None]:
+    """Run the kernels launched inside on one thread when the problem has fewer than
+    `parallel_threshold` elements; otherwise leave Numba's thread count alone. Results do not
+    depend on the thread count (tests/test_numba_threads.py), only the time does."""
+    if elements >= active().parallel_threshold:
+        yield
+        return
+    saved = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(saved)

@@ -28,7 +28,7 @@ import torch
 from numba import njit, prange
 
 from vmamba_fast import ops
-from vmamba_fast.numba.config import PARALLEL_JIT
+from vmamba_fast.numba.config import PARALLEL_JIT, threads_for
 from vmamba_fast.numba.selective_scan import as_kernel_array, check_cpu
 from vmamba_ref.checks import check_grid, check_shape, check_tensor
 from vmamba_ref.cross_scan import ROUTES, route_positions
@@ -91,7 +91,8 @@ def cross_scan_cpu(x: torch.Tensor) -> torch.Tensor:
         route_positions(h, w)  # raises the reference's error for an empty grid
     xs = torch.empty(b, ROUTES, d, h * w, dtype=x.dtype)  # (b, k, d, l)
     bits = _SAME_WIDTH_INT[x.element_size()]
-    _cross_scan_kernel(x.detach().contiguous().view(bits).numpy(), xs.view(bits).numpy())
+    with threads_for(x.numel()):
+        _cross_scan_kernel(x.detach().contiguous().view(bits).numpy(), xs.view(bits).numpy())
     return xs
 
 
@@ -106,12 +107,13 @@ def cross_merge_cpu(ys: torch.Tensor) -> torch.Tensor:
         route_positions(h, w)
     dtype = torch.float64 if ys.dtype == torch.float64 else torch.float32
     y = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
-    _cross_merge_kernel(
-        as_kernel_array(ys, dtype).reshape(b, ROUTES, d, h * w),
-        h,
-        w,
-        y.numpy().reshape(b, d, h * w),
-    )
+    with threads_for(ys.numel()):
+        _cross_merge_kernel(
+            as_kernel_array(ys, dtype).reshape(b, ROUTES, d, h * w),
+            h,
+            w,
+            y.numpy().reshape(b, d, h * w),
+        )
     return y.to(ys.dtype)
 
 

@@ -49,7 +49,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from vmamba_fast import ops
-from vmamba_fast.numba.config import JIT, PARALLEL_JIT, active
+from vmamba_fast.numba.config import JIT, PARALLEL_JIT, active, threads_for
 from vmamba_ref.backends import BackendUnavailableError
 from vmamba_ref.checks import check_selective_scan_args
 from vmamba_ref.selective_scan import compute_dtype
@@ -762,9 +762,10 @@ def selective_scan_fwd_cpu(
     h_last = torch.empty(b, kd, n, dtype=dtype)  # (b, k*d, n)
     block, tile = channel_block(n), time_tile(l)
     work = workspace(block, n, tile, 0, dtype)  # (threads, S)
-    _selective_scan_fwd_kernel(
-        *args, bool(delta_softplus), D is not None, block, tile, work, y.numpy(), h_last.numpy()
-    )
+    with threads_for(u.numel()):
+        _selective_scan_fwd_kernel(
+            *args, bool(delta_softplus), D is not None, block, tile, work, y.numpy(), h_last.numpy()
+        )
     return y, h_last
 
 
@@ -812,11 +813,12 @@ def selective_scan_bwd_cpu(
     dh0 = torch.empty(b, kd, n, dtype=dtype)  # (b, k*d, n)
     tile = time_tile(l)
     work = workspace(block, n, tile, (l + tile - 1) // tile, dtype)  # (threads, S)
-    _selective_scan_bwd_kernel(
-        *args, dy_, dlast_, bool(delta_softplus), D is not None, block, tile, groups, work,
-        du.numpy(), ddelta.numpy(), dA_part.numpy(), dB_part.numpy(), dC_part.numpy(),
-        dD_part.numpy(), dbias_part.numpy(), dh0.numpy(),
-    )  # fmt: skip
+    with threads_for(u.numel()):
+        _selective_scan_bwd_kernel(
+            *args, dy_, dlast_, bool(delta_softplus), D is not None, block, tile, groups, work,
+            du.numpy(), ddelta.numpy(), dA_part.numpy(), dB_part.numpy(), dC_part.numpy(),
+            dD_part.numpy(), dbias_part.numpy(), dh0.numpy(),
+        )  # fmt: skip
     grads = (
         du,
         ddelta,

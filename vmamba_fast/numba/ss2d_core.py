@@ -44,7 +44,7 @@ import torch
 from numba import njit, prange
 
 from vmamba_fast import ops
-from vmamba_fast.numba.config import JIT, PARALLEL_JIT, active
+from vmamba_fast.numba.config import JIT, PARALLEL_JIT, active, threads_for
 from vmamba_fast.numba.selective_scan import (
     as_kernel_array,
     bwd_scratch,
@@ -362,10 +362,11 @@ def ss2d_core_fwd_cpu(x, delta, A, B, C, D, delta_bias, delta_softplus):
     y = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
     block, tile = channel_block(n), time_tile(h * w)
     work = workspace(block, n, core_tiles(h, w, tile)[1], 0, dtype)  # (threads, S)
-    _ss2d_core_fwd_kernel(
-        *args, bool(delta_softplus), D is not None, block, tile, h, w, work,
-        y.numpy().reshape(b, d, h * w),
-    )  # fmt: skip
+    with threads_for(4 * x.numel()):
+        _ss2d_core_fwd_kernel(
+            *args, bool(delta_softplus), D is not None, block, tile, h, w, work,
+            y.numpy().reshape(b, d, h * w),
+        )  # fmt: skip
     return y
 
 
@@ -393,13 +394,14 @@ def ss2d_core_bwd_cpu(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
     tile = time_tile(l)
     _, T, nckpt = core_tiles(h, w, tile)
     work = workspace(block, n, T, nckpt, dtype)  # (threads, S)
-    _ss2d_core_bwd_kernel(
-        *args, as_kernel_array(dy, dtype).reshape(b, d, l), bool(delta_softplus), D is not None,
-        block, tile, groups, h, w, work,
-        dx.numpy().reshape(b, d, l), ddelta.numpy().reshape(b, ROUTES, d, l), dA_part.numpy(),
-        dB_part.numpy().reshape(b, groups, ROUTES, n, l),
-        dC_part.numpy().reshape(b, groups, ROUTES, n, l), dD_part.numpy(), dbias_part.numpy(),
-    )  # fmt: skip
+    with threads_for(4 * x.numel()):
+        _ss2d_core_bwd_kernel(
+            *args, as_kernel_array(dy, dtype).reshape(b, d, l), bool(delta_softplus), D is not None,
+            block, tile, groups, h, w, work,
+            dx.numpy().reshape(b, d, l), ddelta.numpy().reshape(b, ROUTES, d, l), dA_part.numpy(),
+            dB_part.numpy().reshape(b, groups, ROUTES, n, l),
+            dC_part.numpy().reshape(b, groups, ROUTES, n, l), dD_part.numpy(), dbias_part.numpy(),
+        )  # fmt: skip
     grads = (
         dx,
         ddelta,

@@ -1,0 +1,536 @@
+"""CPU benchmark of backend="numba": the selective scan against its baselines and its roofline,
+the fused SS2D core against the three separate ops, and VMamba end to end.
+
+    python benchmarks/bench_cpu.py            # the full run, a few minutes on 2 cores
+    python benchmarks/bench_cpu.py --quick    # tiny shapes, a few seconds: checks the script runs
+
+Everything is measured in this one run and compared as ratios, because absolute timings on a
+shared machine drift between runs (perf_notes.md). Each timing is the best of a few runs
+(wall clock), the usual way to read a benchmark on a machine that other work also uses.
+
+Implementations of the selective scan (VMamba layout, float32):
+
+| name      | what                                                                              |
+|-----------|-----------------------------------------------------------------------------------|
+| numba     | `vmamba_fast.get_ops("numba").selective_scan`: this backend                        |
+| ref loop  | `vmamba_ref.selective_scan`: the oracle, a Python loop over l of batched steps    |
+| textbook  | Mamba's `selective_scan_ref` formulation: dA, dBu materialized as (b, k*d, l, n)  |
+|           | up front, then a loop over l vectorized over batch, channels and state            |
+| parallel  | `parallel_scan` below: a Hillis-Steele log-depth associative scan in PyTorch       |
+| torch     | `vmamba_fast.pytorch` (backend "torch"): an odd-even (Blelloch-style) scan, if present |
+
+The roofline of an op is the larger of two floors, both measured here:
+- memory floor: bytes it must move (each input read once, each output written once) divided by
+  the stream-triad bandwidth on all cores; forward 4*(3*b*k*d*l + 2*b*k*n*l) bytes (u, delta,
+  B, C in; y out), backward another 4*(5*b*k*d*l + 4*b*k*n*l) (u, delta, dy, B, C in; du,
+  ddelta, dB, dC out);
+- compute floor: transcendental evaluations it must do divided by the vectorized-exp rate on
+  all cores: (2 + n) per element and pass (softplus = one exp and one log1p; n exps for dA),
+  twice for forward+backward (the backward recomputes them rather than storing (b, k*d, l, n)).
+A kernel's fraction of the floor is floor / time (1.0 = at the floor; "within 2x" = >= 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import njit, prange
+
+import vmamba_fast
+from vmamba_fast.numba.config import JIT, PARALLEL_JIT
+from vmamba_fast.numba.selective_scan import exp_
+from vmamba_ref.selective_scan import selective_scan as ref_selective_scan
+
+# ------------------------------------------------------------------------------------------------
+# Baselines
+# ------------------------------------------------------------------------------------------------
+
+
+def textbook_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
+    """Mamba's reference formulation (`selective_scan_ref`): discretize everything up front into
+    (b, k*d, l, n) tensors, then one loop over l, each step vectorized over b, k*d and n."""
+    b, kd, l = u.shape
+    k, n = B.shape[1], B.shape[2]
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]  # (b, k*d, l)
+    dt = F.softplus(delta) if delta_softplus else delta  # (b, k*d, l)
+    Bx = B.repeat_interleave(kd // k, dim=1)  # (b, k, n, l) -> (b, k*d, n, l)
+    Cx = C.repeat_interleave(kd // k, dim=1)  # (b, k*d, n, l)
+    dA = torch.exp(torch.einsum("bcl,cn->bcln", dt, A))  # (b, k*d, l, n)
+    dBu = torch.einsum("bcl,bcnl,bcl->bcln", dt, Bx, u)  # (b, k*d, l, n)
+    h = u.new_zeros(b, kd, n)  # (b, k*d, n)
+    ys = []
+    for t in range(l):
+        h = dA[:, :, t] * h + dBu[:, :, t]  # (b, k*d, n)
+        ys.append(torch.einsum("bcn,bcn->bc", h, Cx[:, :, :, t]))  # (b, k*d)
+    y = torch.stack(ys, dim=2)  # (b, k*d, l)
+    return y if D is None else y + D[:, None] * u
+
+
+def parallel_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
+    """The selective scan as a Hillis-Steele inclusive scan over l of the affine maps
+    h -> a h + b (they compose associatively: (a2, b2) o (a1, b1) = (a2 a1, a2 b1 + b2)),
+    log2(l) levels of whole-tensor ops on (b, k*d, l, n) tensors; autograd gives the backward."""
+    b, kd, l = u.shape
+    k = B.shape[1]
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]  # (b, k*d, l)
+    dt = F.softplus(delta) if delta_softplus else delta  # (b, k*d, l)
+    Bx = B.repeat_interleave(kd // k, dim=1)  # (b, k*d, n, l)
+    Cx = C.repeat_interleave(kd // k, dim=1)  # (b, k*d, n, l)
+    a = torch.exp(torch.einsum("bcl,cn->bcln", dt, A))  # (b, k*d, l, n)
+    h = torch.einsum("bcl,bcnl,bcl->bcln", dt, Bx, u)  # (b, k*d, l, n)
+    shift = 1
+    while shift < l:
+        h = torch.cat([h[:, :, :shift], a[:, :, shift:] * h[:, :, :-shift] + h[:, :, shift:]], 2)
+        a = torch.cat([a[:, :, :shift], a[:, :, shift:] * a[:, :, :-shift]], 2)
+        shift *= 2
+    y = torch.einsum("bcln,bcnl->bcl", h, Cx)  # (b, k*d, l)
+    return y if D is None else y + D[:, None] * u
+
+
+# ------------------------------------------------------------------------------------------------
+# Machine limits, measured in this run
+# ------------------------------------------------------------------------------------------------
+
+
+@njit(**PARALLEL_JIT)
+def _triad(a, b, c, s):
+    for i in prange(a.shape[0]):
+        a[i] = b[i] + s * c[i]
+
+
+@njit(**PARALLEL_JIT)
+def _exp_rate_kernel(x, out, reps):
+    """Each thread evaluates exp over its own L2-resident row `reps` times: x, out (threads, m)."""
+    for p in prange(x.shape[0]):
+        xp = x[p]
+        op = out[p]
+        for _ in range(reps):
+            for i in range(xp.shape[0]):
+                op[i] = exp_(xp[i])
+
+
+@njit(**JIT)
+def _exp_rate_serial(x, out, reps):
+    for _ in range(reps):
+        for i in range(x.shape[0]):
+            out[i] = exp_(x[i])
+
+
+@dataclass
+class Machine:
+    threads: int
+    triad_1: float  # bytes/s, one thread
+    triad_all: float  # bytes/s, all threads
+    exp_1: float  # evaluations/s, one thread, best vectorized implementation
+    exp_all: float  # evaluations/s, all threads
+    exp_sources: dict  # name -> evaluations/s on all threads
+
+
+def best_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Best wall time of `repeats` calls after `warmup` calls, in seconds."""
+    for _ in range(warmup):
+        fn()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_machine(quick: bool) -> Machine:
+    threads = numba.get_num_threads()
+    n = 1 << (20 if quick else 25)  # 3 arrays of 128 MiB each: far beyond the 32 MiB L3
+    a, b, c = (np.random.default_rng(i).random(n, dtype=np.float32) for i in range(3))
+    triad = {}
+    for t in (1, threads):
+        numba.set_num_threads(t)
+        triad[t] = 12 * n / best_time(lambda: _triad(a, b, c, np.float32(0.5)), 3 if quick else 8)
+    numba.set_num_threads(threads)
+
+    m = 1 << 15  # 128 KiB per thread and array: L2-resident
+    reps = 4 if quick else 200
+    x = np.random.default_rng(0).uniform(-10, 2, (threads, m)).astype(np.float32)
+    out = np.empty_like(x)
+    rates = {
+        "numba polynomial": threads
+        * m
+        * reps
+        / best_time(lambda: _exp_rate_kernel(x, out, reps), 3 if quick else 5)
+    }
+    xt, ot = torch.from_numpy(x), torch.from_numpy(out)
+    rates["torch.exp"] = (
+        threads
+        * m
+        * reps
+        / best_time(lambda: [torch.exp(xt, out=ot) for _ in range(reps)], 3 if quick else 5)
+    )
+    rates["numpy.exp"] = (
+        threads
+        * m
+        * reps
+        / best_time(lambda: [np.exp(x, out=out) for _ in range(reps)], 3 if quick else 5)
+    )
+    serial = m * reps / best_time(lambda: _exp_rate_serial(x[0], out[0], reps), 3 if quick else 5)
+    return Machine(threads, triad[1], triad[threads], serial, max(rates.values()), rates)
+
+
+# ------------------------------------------------------------------------------------------------
+# Selective scan table
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanShape:
+    name: str
+    b: int
+    k: int
+    d: int
+    l: int
+    n: int
+
+    @property
+    def elements(self) -> int:
+        return self.b * self.k * self.d * self.l
+
+    def fwd_bytes(self) -> int:
+        return 4 * (3 * self.elements + 2 * self.b * self.k * self.n * self.l)
+
+    def bwd_bytes(self) -> int:
+        return 4 * (5 * self.elements + 4 * self.b * self.k * self.n * self.l)
+
+    def evals(self) -> int:
+        return self.elements * (2 + self.n)
+
+
+def scan_inputs(s: ScanShape, requires_grad: bool = False, seed: int = 0):
+    """VMamba-like inputs: mamba init (A = -[1..n], dt log-uniform in [1e-3, 0.1])."""
+    g = torch.Generator().manual_seed(seed)
+    kd = s.k * s.d
+    u = torch.randn(s.b, kd, s.l, generator=g)  # (b, k*d, l)
+    delta = torch.randn(s.b, kd, s.l, generator=g) * 0.5  # (b, k*d, l)
+    A = -torch.arange(1, s.n + 1, dtype=torch.float32).repeat(kd, 1)  # (k*d, n)
+    B = torch.randn(s.b, s.k, s.n, s.l, generator=g)  # (b, k, n, l)
+    C = torch.randn(s.b, s.k, s.n, s.l, generator=g)  # (b, k, n, l)
+    D = torch.ones(kd)  # (k*d,)
+    dt = torch.exp(torch.rand(kd, generator=g) * math.log(100.0) + math.log(1e-3))  # (k*d,)
+    delta_bias = dt + torch.log(-torch.expm1(-dt))  # (k*d,), softplus(delta_bias) = dt
+    tensors = [u, delta, A, B, C, D, delta_bias]
+    return [t.requires_grad_(requires_grad) for t in tensors]
+
+
+def time_scan(fn, s: ScanShape, backward: bool, repeats: int) -> float:
+    args = scan_inputs(s, requires_grad=backward)
+
+    def run():
+        y = fn(*args)
+        if backward:
+            y.backward(torch.ones_like(y))
+
+    if backward:
+        return best_time(run, repeats)
+    with torch.no_grad():
+        return best_time(run, repeats)
+
+
+def fmt_ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.1f}"
+
+
+def fmt_ratio(other: float | None, mine: float) -> str:
+    return "-" if other is None else f"{other / mine:.1f}x"
+
+
+def scan_table(machine: Machine, quick: bool) -> dict:
+    numba_scan = vmamba_fast.get_ops("numba").selective_scan
+    impls: dict[str, Callable] = {
+        "numba": numba_scan,
+        "ref loop": ref_selective_scan,
+        "textbook": textbook_scan,
+        "parallel": parallel_scan,
+    }
+    if importlib.util.find_spec("vmamba_fast.pytorch") is not None:
+        impls["torch"] = vmamba_fast.get_ops("torch").selective_scan
+    if quick:
+        shapes = [ScanShape("tiny", 2, 4, 8, 64, 1), ScanShape("tiny n=4", 1, 4, 4, 49, 4)]
+    else:
+        shapes = [
+            ScanShape("stage1 b=8 n=1", 8, 4, 96, 3136, 1),
+            ScanShape("stage1 b=1 n=1", 1, 4, 96, 3136, 1),
+            ScanShape("stage1 b=1 n=16", 1, 4, 96, 3136, 16),
+            ScanShape("stage1 b=8 n=16", 8, 4, 96, 3136, 16),
+            ScanShape("stage3 b=8 n=1", 8, 4, 384, 196, 1),
+            ScanShape("stage3 b=1 n=1", 1, 4, 384, 196, 1),
+            ScanShape("stage3 b=8 n=16", 8, 4, 384, 196, 16),
+            ScanShape("stage3 b=1 n=16", 1, 4, 384, 196, 16),
+        ]
+
+    def runs(name: str, s: ScanShape, backward: bool) -> bool:
+        """Which baselines run where: the slow ones only where they finish in seconds and fit
+        in memory (the (b, k*d, l, n) tensors of textbook/parallel, the O(l) Python loop)."""
+        if name == "numba" or quick:
+            return True
+        big = s.elements * s.n  # elements of one (b, k*d, l, n) tensor
+        if name == "ref loop":
+            return s.b * s.k * s.d * s.n <= 8 * 384 or not backward
+        if name == "textbook":
+            return not backward and big <= 2e7
+        if name == "parallel":
+            return big <= 1e7
+        return big <= 5e7  # "torch"
+
+    print("\n## Selective scan, float32 (times in ms, best of several; ratio = other / numba)\n")
+    header = f"{'shape':<17} {'pass':<8}" + "".join(f"{name:>16}" for name in impls)
+    print(header)
+    results = {}
+    for s in shapes:
+        for backward in (False, True):
+            label = "fwd+bwd" if backward else "fwd"
+            times = {}
+            for name, fn in impls.items():
+                if not runs(name, s, backward):
+                    times[name] = None
+                    continue
+                fast = name == "numba"
+                times[name] = time_scan(fn, s, backward, (7 if fast else 1) if not quick else 2)
+            mine = times["numba"]
+            cells = [f"{fmt_ms(mine):>16}"] + [
+                f"{fmt_ms(t) + ' ' + fmt_ratio(t, mine):>16}"
+                for name, t in times.items()
+                if name != "numba"
+            ]
+            print(f"{s.name:<17} {label:<8}" + "".join(cells))
+            results[(s.name, label)] = times
+    print("\n## Roofline of the numba scan (floors measured above)\n")
+    print(
+        f"{'shape':<17} {'pass':<8} {'time ms':>8} {'mem floor':>10} {'exp floor':>10} "
+        f"{'frac mem':>9} {'frac exp':>9} {'frac larger':>12}"
+    )
+    for s in shapes:
+        for backward in (False, True):
+            label = "fwd+bwd" if backward else "fwd"
+            t = results[(s.name, label)]["numba"]
+            bytes_ = s.fwd_bytes() + (s.bwd_bytes() if backward else 0)
+            mem = bytes_ / machine.triad_all
+            comp = s.evals() * (2 if backward else 1) / machine.exp_all
+            print(
+                f"{s.name:<17} {label:<8} {t * 1e3:>8.2f} {mem * 1e3:>10.2f} {comp * 1e3:>10.2f} "
+                f"{mem / t:>9.2f} {comp / t:>9.2f} {max(mem, comp) / t:>12.2f}"
+            )
+            results[(s.name, label)]["floor"] = max(mem, comp)
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# Fused SS2D core against cross_scan + selective_scan + cross_merge
+# ------------------------------------------------------------------------------------------------
+
+
+def core_inputs(s: ScanShape, h: int, w: int, backward: bool):
+    """The fused core's grid-layout inputs and the same data in the scan's route layout."""
+    u, delta, A, B, C, D, bias = scan_inputs(s, requires_grad=backward)
+    b, d, n = s.b, s.d, s.n
+    x = u[:, :d].detach().reshape(b, d, h, w).requires_grad_(backward)  # (b, d, h, w)
+    grid = {
+        "x": x,
+        "delta": delta.detach().reshape(b, 4, d, h, w).requires_grad_(backward),  # (b, k, d, h, w)
+        "A": A,
+        "B": B.detach().reshape(b, 4, n, h, w).requires_grad_(backward),  # (b, k, n, h, w)
+        "C": C.detach().reshape(b, 4, n, h, w).requires_grad_(backward),  # (b, k, n, h, w)
+        "D": D,
+        "delta_bias": bias,
+    }
+    routes = {"delta": delta, "B": B, "C": C}  # (b, k*d, l), (b, k, n, l): VMamba's route order
+    return grid, routes
+
+
+def separate_core(ops, grid, routes):
+    """VMamba's unfused pipeline: cross_scan, the scan, cross_merge. Its projections arrive in
+    route order already (VMamba projects the cross-scanned map), so only x is cross-scanned."""
+    x = grid["x"]
+    b, d, h, w = x.shape
+    xs = ops.cross_scan(x).reshape(b, 4 * d, h * w)  # (b, k*d, l)
+    ys = ops.selective_scan(
+        xs, routes["delta"], grid["A"], routes["B"], routes["C"], grid["D"], grid["delta_bias"]
+    )  # (b, k*d, l)
+    return ops.cross_merge(ys.reshape(b, 4, d, h, w))  # (b, d, h, w)
+
+
+def time_pass(fn: Callable[[], torch.Tensor], backward: bool, repeats: int) -> float:
+    """Best time of fn() (and of its backward from a ones cotangent)."""
+
+    def run():
+        y = fn()
+        if backward:
+            y.backward(torch.ones_like(y))
+
+    with torch.set_grad_enabled(backward):
+        return best_time(run, repeats)
+
+
+def core_table(quick: bool) -> dict:
+    ops = vmamba_fast.get_ops("numba")
+    if quick:
+        shapes = [("tiny", 2, 8, 7, 9, 1)]
+    else:
+        shapes = [
+            ("stage1 b=8 n=1", 8, 96, 56, 56, 1),
+            ("stage3 b=8 n=1", 8, 384, 14, 14, 1),
+            ("stage1 b=1 n=16", 1, 96, 56, 56, 16),
+        ]
+    print("\n## Fused SS2D core vs cross_scan + selective_scan + cross_merge (numba, ms)\n")
+    print(f"{'shape':<17} {'pass':<8} {'fused':>8} {'separate':>10} {'speedup':>8}")
+    results = {}
+    for name, b, d, h, w, n in shapes:
+        s = ScanShape(name, b, 4, d, h * w, n)
+        for backward in (False, True):
+            grid, routes = core_inputs(s, h, w, backward)
+            repeats = 2 if quick else 7
+            times = {
+                "fused": time_pass(lambda g=grid: ops.ss2d_core(**g), backward, repeats),
+                "separate": time_pass(
+                    lambda g=grid, r=routes: separate_core(ops, g, r), backward, repeats
+                ),
+            }
+            label = "fwd+bwd" if backward else "fwd"
+            print(
+                f"{name:<17} {label:<8} {times['fused'] * 1e3:>8.2f} "
+                f"{times['separate'] * 1e3:>10.2f} {times['separate'] / times['fused']:>7.2f}x"
+            )
+            results[(name, label)] = times
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end
+# ------------------------------------------------------------------------------------------------
+
+
+def model_table(quick: bool) -> dict:
+    if importlib.util.find_spec("vmamba_ref.model") is None:
+        print("\n## End to end: vmamba_ref/model.py is not there; skipped\n")
+        return {}
+    from vmamba_ref.model import vmamba_mini, vmamba_tiny
+
+    backends = ["numba", "ref"]
+    if importlib.util.find_spec("vmamba_fast.pytorch") is not None:
+        backends.insert(1, "torch")
+    # --quick checks the plumbing with the small test model; the full run measures VMamba-T.
+    name, build, size, batch = ("mini", vmamba_mini, 32, 2) if quick else ("T", vmamba_tiny, 224, 8)
+    print(f"\n## VMamba-{name} inference, {batch} images of {size}x{size}, float32 (images/s)\n")
+    results = {}
+    for backend in backends:
+        torch.manual_seed(0)
+        model = build(backend=backend).eval()
+        images = torch.randn(batch, 3, size, size)
+        with torch.no_grad():
+            t = best_time(lambda m=model, x=images: m(x), 1 if backend == "ref" or quick else 3)
+        results[("tiny", backend)] = t
+        print(f"{backend:<8} {batch / t:>8.2f} images/s   ({t * 1e3:.0f} ms per batch)")
+    base = results[("tiny", "ref")]
+    print(f"numba vs ref: {base / results[('tiny', 'numba')]:.1f}x")
+
+    size, batch = (32, 2) if quick else (64, 8)
+    print(f"\n## vmamba_mini training step, {batch} images of {size}x{size} (ms)\n")
+    for backend in backends:
+        torch.manual_seed(0)
+        model = vmamba_mini(backend=backend).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        images = torch.randn(batch, 3, size, size)
+        labels = torch.randint(0, 10, (batch,))
+
+        def step(model=model, opt=opt, images=images, labels=labels):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(images), labels).backward()
+            opt.step()
+
+        t = best_time(step, 1 if backend == "ref" or quick else 3)
+        results[("mini train", backend)] = t
+        print(f"{backend:<8} {t * 1e3:>8.1f} ms per step")
+    base = results[("mini train", "ref")]
+    print(f"numba vs ref: {base / results[('mini train', 'numba')]:.1f}x")
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def targets(machine: Machine, scans: dict, cores: dict, models: dict, quick: bool) -> None:
+    if quick:
+        return
+    print("\n## Targets (stage 1, b=8, k*d=384, n=1, l=3136, float32)\n")
+    fwd = scans[("stage1 b=8 n=1", "fwd")]
+    both = scans[("stage1 b=8 n=1", "fwd+bwd")]
+    rows = [
+        ("forward >= 25x faster than textbook", fwd["textbook"] / fwd["numba"], 25.0),
+        (
+            "forward within 2x of the larger floor (fraction >= 0.5)",
+            fwd["floor"] / fwd["numba"],
+            0.5,
+        ),
+        ("fwd+bwd >= 20x faster than the parallel scan", both["parallel"] / both["numba"], 20.0),
+    ]
+    core_fwd = cores[("stage1 b=8 n=1", "fwd")]
+    core_both = cores[("stage1 b=8 n=1", "fwd+bwd")]
+    rows.append(
+        ("fused core faster than separate, fwd", core_fwd["separate"] / core_fwd["fused"], 1.0)
+    )
+    rows.append(
+        (
+            "fused core faster than separate, fwd+bwd",
+            core_both["separate"] / core_both["fused"],
+            1.0,
+        )
+    )
+    if models:
+        rows.append(
+            (
+                "VMamba-T inference >= 5x faster than ref",
+                models[("tiny", "ref")] / models[("tiny", "numba")],
+                5.0,
+            )
+        )
+    for text, value, goal in rows:
+        print(f"{text:<58} {value:>8.2f}  {'met' if value >= goal else 'NOT met'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, seconds: a smoke run")
+    parser.add_argument("--no-model", action="store_true", help="skip the end-to-end part")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    machine = measure_machine(args.quick)
+    print(
+        f"# CPU benchmark, {machine.threads} threads (numba and torch), torch {torch.__version__}"
+    )
+    print(
+        f"stream triad: {machine.triad_1 / 1e9:.1f} GB/s on 1 thread, "
+        f"{machine.triad_all / 1e9:.1f} GB/s on {machine.threads}"
+    )
+    print(
+        "vectorized exp: "
+        + ", ".join(f"{k} {v / 1e9:.2f} G/s" for k, v in machine.exp_sources.items())
+        + f" on {machine.threads} threads; best on 1 thread {machine.exp_1 / 1e9:.2f} G/s"
+    )
+    scans = scan_table(machine, args.quick)
+    cores = core_table(args.quick)
+    models = {} if args.no_model else model_table(args.quick)
+    targets(machine, scans, cores, models, args.quick)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""benchmarks/bench_cpu.py runs: its --quick mode, a few seconds of tiny shapes, in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_cpu_quick_runs():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_cpu.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for section in (
+        "stream triad",
+        "vectorized exp",
+        "Selective scan",
+        "Roofline",
+        "Fused SS2D core",
+    ):
+        assert section in result.stdout, result.stdout

@@ -1,0 +1,149 @@
+"""The `vmamba::` custom operators: torch.library.opcheck, torch.compile and the FLOP counter.
+
+- opcheck (schema, fake/meta implementation, autograd registration, AOT dispatch with dynamic
+  shapes) passes for every operator, with and without the optional arguments;
+- torch.compile traces the Numba backend's functions into a graph without breaks, each scan
+  operator one node, and the compiled function gives the eager results and gradients;
+- FlopCounterMode counts the VMamba authors' 9*b*l*(k*d)*n + b*(k*d)*l for the scan and for
+  the fused core's four routes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vmamba_fast import ops
+from vmamba_fast.numba import cross_merge, cross_scan, selective_scan, ss2d_core
+from vmamba_ref.testing.cases import SelectiveScanCase, SS2DCoreCase
+from vmamba_ref.testing.tolerances import tolerance
+
+
+def _scan_case(optional: bool, dtype=torch.float32, softplus: bool = True, **sizes):
+    shape = {"batch": 2, "routes": 2, "channels": 3, "length": 11, "state": 2, **sizes}
+    return SelectiveScanCase(
+        **shape, dtype=dtype, with_D=optional, with_delta_bias=optional,
+        with_initial_state=optional, delta_softplus=softplus, requires_grad=True,
+    ).build()  # fmt: skip
+
+
+def _core_case(optional: bool, dtype=torch.float32):
+    return SS2DCoreCase(
+        batch=2, channels=3, height=4, width=5, state=2, dtype=dtype, with_D=optional,
+        with_delta_bias=optional, requires_grad=True,
+    ).build()  # fmt: skip
+
+
+@pytest.mark.parametrize("softplus", [True, False], ids=["softplus", "raw-step"])
+@pytest.mark.parametrize("optional", [True, False], ids=["all-args", "no-optional"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_opcheck_selective_scan(optional, dtype, softplus):
+    a = _scan_case(optional, dtype, softplus)
+    args = (a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["delta_bias"])
+    torch.library.opcheck(ops.selective_scan_fwd, (*args, a["initial_state"], softplus))
+    y, last = ops.selective_scan_fwd(*args, a["initial_state"], softplus)
+    grads = (torch.randn_like(y), torch.randn_like(last))
+    inputs = tuple(t.detach() if t is not None else None for t in (*args, a["initial_state"]))
+    torch.library.opcheck(ops.selective_scan_bwd, (*grads, *inputs, softplus))
+    torch.library.opcheck(ops.selective_scan_bwd, (grads[0], None, *inputs, softplus))
+
+
+@pytest.mark.parametrize("optional", [True, False], ids=["all-args", "no-optional"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_ss2d_core(optional, dtype):
+    a = _core_case(optional, dtype)
+    args = (a["x"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["delta_bias"])
+    torch.library.opcheck(ops.ss2d_core_fwd, (*args, True))
+    dy = torch.randn(a["x"].shape, dtype=dtype)
+    inputs = tuple(t.detach() if t is not None else None for t in args)
+    torch.library.opcheck(ops.ss2d_core_bwd, (dy, *inputs, True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_opcheck_cross_scan_and_merge(dtype):
+    x = torch.randn(2, 3, 4, 5, dtype=dtype, requires_grad=True)
+    ys = torch.randn(2, 4, 3, 4, 5, dtype=dtype, requires_grad=True)
+    torch.library.opcheck(ops.cross_scan, (x,))
+    torch.library.opcheck(ops.cross_merge, (ys,))
+
+
+class _GraphRecorder:
+    """A torch.compile backend that records the FX graphs it receives and runs them eagerly."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs):
+        self.targets += [str(node.target) for node in gm.graph.nodes if node.op == "call_function"]
+        return gm.forward
+
+
+def test_compile_traces_each_operator_as_one_node():
+    a = _core_case(True)
+    scan = _scan_case(True)
+
+    def f(x, delta, A, B, C, D, delta_bias, u, sdelta, sA, sB, sC):
+        y = ss2d_core(x, delta, A, B, C, D, delta_bias)  # (b, d, h, w)
+        xs = cross_scan(y)  # (b, k, d, l)
+        merged = cross_merge(xs.reshape(*xs.shape[:3], *x.shape[2:]))  # (b, d, h, w)
+        ys = selective_scan(u, sdelta, sA, sB, sC)  # (b, k*d, l)
+        return merged.square().sum() + ys.sum()
+
+    inputs = (
+        *(a[k] for k in ("x", "delta", "A", "B", "C", "D", "delta_bias")),
+        *(scan[k] for k in ("u", "delta", "A", "B", "C")),
+    )
+    recorder = _GraphRecorder()
+    compiled = torch.compile(f, backend=recorder, fullgraph=True)
+    out = compiled(*inputs)
+    for name in ("ss2d_core_fwd", "cross_scan", "cross_merge", "selective_scan_fwd"):
+        assert sum(name in t for t in recorder.targets) == 1, (name, recorder.targets)
+
+    eager = f(*inputs)
+    tol = tolerance(torch.float32)
+    torch.testing.assert_close(out, eager, rtol=tol.rtol, atol=tol.atol)
+    grads = torch.autograd.grad(out, inputs)
+    eager_grads = torch.autograd.grad(f(*inputs), inputs)
+    grad_tol = tolerance(torch.float32, grad=True)
+    for g, e in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=grad_tol.rtol, atol=grad_tol.atol)
+
+
+def test_compile_with_aot_autograd_matches_eager():
+    """The fake implementations and the autograd formulas carry through AOTAutograd."""
+    a = _scan_case(True, length=9)
+    args = tuple(a[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias", "initial_state"))
+
+    def f(*args):
+        y, last = selective_scan(*args[:7], True, args[7], True)
+        return y.sum() + last.square().sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    grads = torch.autograd.grad(compiled(*args), args)
+    eager = torch.autograd.grad(f(*args), args)
+    tol = tolerance(torch.float32, grad=True)
+    for g, e in zip(grads, eager, strict=True):
+        torch.testing.assert_close(g, e, rtol=tol.rtol, atol=tol.atol)
+
+
+@pytest.mark.parametrize("n", [1, 16])
+def test_flop_counter_counts_the_authors_formula_for_the_scan(n):
+    b, k, d, l = 2, 4, 6, 13
+    a = _scan_case(True, batch=b, routes=k, channels=d, length=l, state=n)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        selective_scan(*(a[key] for key in ("u", "delta", "A", "B", "C", "D", "delta_bias")))
+    assert counter.get_total_flops() == 9 * b * l * (k * d) * n + b * (k * d) * l
+    assert counter.get_flop_counts()["Global"] == {
+        torch.ops.vmamba.selective_scan_fwd: 9 * b * l * k * d * n + b * k * d * l
+    }
+
+
+def test_flop_counter_counts_four_routes_for_the_fused_core():
+    a = _core_case(True)
+    b, d, h, w = a["x"].shape
+    n = a["A"].shape[1]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        ss2d_core(*(a[key] for key in ("x", "delta", "A", "B", "C", "D", "delta_bias")))
+    l = h * w
+    assert counter.get_total_flops() == 9 * b * l * (4 * d) * n + b * (4 * d) * l

@@ -1,0 +1,157 @@
+"""The fused Numba SS2D core equals the reference's cross-scan + scan + cross-merge.
+
+- property tests over the kit's strategies (batch 1-3, channels 1-40, h and w 1-12
+  independently, state 1-16, VMamba's inits and extreme step sizes, optional arguments,
+  non-contiguous inputs), float64/float32 to the tolerance table, float16/bfloat16 by the
+  low-precision rule, with tiles small enough that runs and column bands split the grid;
+- the fused kernel equals the Numba backend's three separate ops; zero input gives zero
+  output; extreme step sizes;
+- validation: the reference's errors, tensors off the CPU name the backends to use.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from vmamba_fast.numba import cross_merge, cross_scan, selective_scan, ss2d_core
+from vmamba_fast.numba.config import override
+from vmamba_ref.backends import BackendUnavailableError
+from vmamba_ref.cross_scan import cross_scan_routes
+from vmamba_ref.ss2d_core import ss2d_core as ref_ss2d_core
+from vmamba_ref.testing.cases import SS2DCoreCase
+from vmamba_ref.testing.compare import assert_matches_reference
+from vmamba_ref.testing.strategies import ss2d_core_inputs
+from vmamba_ref.testing.tolerances import tolerance
+
+# Tiles of 1-5 positions: runs end inside rows, and bands of max(1, tile // h) columns split
+# the column-major routes; 512 covers the whole of these small grids.
+TILES = (1, 2, 5, 512)
+BOUNDS = {"max_batch": 3, "max_channels": 40, "max_side": 12, "max_state": 16}
+
+
+@settings(max_examples=30)
+@given(
+    inputs=ss2d_core_inputs(dtypes=(torch.float32, torch.float64), requires_grad=True, **BOUNDS),
+    tile=st.sampled_from(TILES),
+)
+@example(
+    inputs=SS2DCoreCase(
+        batch=2, channels=17, height=3, width=7, state=2, requires_grad=True
+    ).build(),
+    tile=5,
+)
+@example(
+    inputs=SS2DCoreCase(
+        batch=1, channels=3, height=12, width=1, state=16, dtype=torch.float64, init="random",
+        with_D=False, with_delta_bias=False, delta_softplus=False, requires_grad=True,
+        noncontiguous=("x", "delta", "C"),
+    ).build(),
+    tile=1,
+)  # fmt: skip
+def test_matches_reference(inputs, tile):
+    with override(time_tile=tile):
+        assert_matches_reference(ss2d_core, inputs, op="ss2d_core", check_grad=True)
+
+
+@settings(max_examples=15)
+@given(
+    inputs=ss2d_core_inputs(
+        dtypes=(torch.float16, torch.bfloat16), requires_grad=True, max_channels=12, max_side=9
+    ),
+    tile=st.sampled_from(TILES),
+)
+def test_low_precision_matches_reference(inputs, tile):
+    with override(time_tile=tile):
+        assert_matches_reference(ss2d_core, inputs, op="ss2d_core", check_grad=True)
+
+
+def _core_args(b=2, d=6, h=5, w=7, n=3, dtype=torch.float32, seed=0):
+    return SS2DCoreCase(
+        batch=b, channels=d, height=h, width=w, state=n, dtype=dtype, seed=seed
+    ).build()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_equals_the_three_separate_ops(dtype):
+    """ss2d_core(x, ...) = cross_merge(selective_scan(cross_scan(x), routes of delta, B, C))."""
+    args = _core_args(dtype=dtype, h=9, w=4)
+    x, delta, B, C = (args[k] for k in ("x", "delta", "B", "C"))
+    b, d, h, w = x.shape
+    ys = selective_scan(
+        cross_scan(x).reshape(b, 4 * d, h * w),  # (b, k*d, l)
+        cross_scan_routes(delta).reshape(b, 4 * d, h * w),  # (b, k*d, l)
+        args["A"],
+        cross_scan_routes(B),  # (b, k, n, l)
+        cross_scan_routes(C),  # (b, k, n, l)
+        args["D"],
+        args["delta_bias"],
+        args["delta_softplus"],
+    )
+    separate = cross_merge(ys.reshape(b, 4, d, h, w))
+    tol = tolerance(dtype)
+    torch.testing.assert_close(ss2d_core(**args), separate, rtol=tol.rtol, atol=tol.atol)
+
+
+def test_zero_input_gives_zero_output():
+    args = _core_args()
+    args["x"] = torch.zeros_like(args["x"])
+    assert torch.equal(ss2d_core(**args), torch.zeros_like(args["x"]))
+
+
+def test_tile_size_changes_nothing():
+    args = _core_args(h=6, w=11, n=5)
+    results = []
+    for tile in (1, 4, 13, 512):
+        with override(time_tile=tile, chains=3):
+            results.append(ss2d_core(**args))
+    for other in results[1:]:
+        assert torch.equal(results[0], other)
+
+
+@pytest.mark.parametrize("value", [100.0, -100.0, 1e4, -1e4])
+def test_extreme_step_sizes(value):
+    inputs = SS2DCoreCase(
+        batch=1, channels=4, height=5, width=6, state=2, requires_grad=True
+    ).build()
+    delta = inputs["delta"].detach().clone()
+    delta[:, :, :, ::2] = value
+    inputs["delta"] = delta.requires_grad_()
+    with override(time_tile=4):
+        assert_matches_reference(ss2d_core, inputs, op="ss2d_core", check_grad=True)
+
+
+def _bad_inputs():
+    good = _core_args(b=1, d=2, h=3, w=4, n=2)
+    yield "x 3-D", {**good, "x": good["x"][0]}
+    yield "delta routes", {**good, "delta": good["delta"][:, :2]}
+    yield "B grid", {**good, "B": good["B"][..., :3]}
+    yield "C state", {**good, "C": good["C"][:, :, :1]}
+    yield "A shape", {**good, "A": good["A"][:4]}
+    yield "A not finite", {**good, "A": good["A"] * float("nan")}
+    yield "D shape", {**good, "D": good["D"][:3]}
+    yield "delta dtype", {**good, "delta": good["delta"].double()}
+    yield (
+        "empty grid",
+        {
+            **good,
+            **{k: good[k][..., :0] for k in ("x", "delta", "B", "C")},
+        },
+    )
+
+
+@pytest.mark.parametrize("name, args", list(_bad_inputs()), ids=[n for n, _ in _bad_inputs()])
+def test_errors_are_the_reference_errors(name, args):
+    with pytest.raises((TypeError, ValueError)) as ref_err:
+        ref_ss2d_core(**args)
+    with pytest.raises(ref_err.type) as err:
+        ss2d_core(**args)
+    assert str(err.value) == str(ref_err.value)
+
+
+def test_tensors_off_the_cpu_name_the_backends_to_use():
+    args = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in _core_args().items()}
+    with pytest.raises(BackendUnavailableError, match="backend='triton'.*backend='ref'"):
+        ss2d_core(**args)
