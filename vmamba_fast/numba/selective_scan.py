@@ -232,8 +232,8 @@ def take(ws, offset, rows, cols):
 def fwd_scratch(ws, cb, n, T):
     """Scratch of a forward tile, carved from the front of ws; every array (rows, T):
     ub, xb, yb (cb, T): u, delta, y of routes that need a copy;  Bb, Cb (n, T): B, C likewise;
-    dtb, dub (cb, T): dt, dt*u;  dAb, dBub, Hp (cb*n, T): row j*n+m holds dA, dBu and the state
-    h_{t-1} of chain (j, m). Returns the tuple and the offset after it."""
+    dtb, dub (cb, T): dt, dt*u;  dAb, dBub, Hp (cb*n, T): row j*n+m holds dA, dBu and a state
+    of chain (j, m) (h_t in the forward, h_{t-1} in the backward). Returns the tuple and the offset after it."""
     ub, o = take(ws, 0, cb, T)
     xb, o = take(ws, o, cb, T)
     yb, o = take(ws, o, cb, T)
@@ -302,14 +302,14 @@ def store_rows(src, dst, r0, t0, t1, accumulate):
 
 
 @njit(**JIT)
-def discretize(u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, dtb, dub, dAb, dBub):
+def discretize(u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, dtb, dAb, dBub):
     """Phase 1, equations (1a, 1b), SIMD along the tile.
 
     Reads u[ur + j, uc:uc+tl] and delta x[xr + j, xc:xc+tl] for the cb channels j,
     B[Br + m, Bc:Bc+tl] for the n states m; A (cb, n); bias (cb,).
-    Writes dtb (cb, T) = dt; dub (cb, T) = dt*u; dAb, dBub (cb*n, T): row j*n+m holds
-    exp(dt*A[j, m]) and dt*u*B[m]. At most two stores per loop: more would need runtime alias
-    checks before LLVM vectorizes.
+    Writes dtb (cb, T) = dt; dAb, dBub (cb*n, T): row j*n+m holds exp(dt*A[j, m]) and
+    dt*u*B[m]. At most two stores per loop: more would need runtime alias checks before LLVM
+    vectorizes.
     """
     cb = dtb.shape[0]
     n = A.shape[1]
@@ -317,7 +317,6 @@ def discretize(u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, dtb, dub,
         xj = x[xr + j, xc : xc + tl]
         uj = u[ur + j, uc : uc + tl]
         dt = dtb[j]
-        du = dub[j]
         bj = bias[j]
         if softplus:
             for tt in range(tl):
@@ -325,8 +324,6 @@ def discretize(u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, dtb, dub,
         else:
             for tt in range(tl):
                 dt[tt] = xj[tt] + bj
-        for tt in range(tl):
-            du[tt] = dt[tt] * uj[tt]
         for m in range(n):
             a = dAb[j * n + m]
             bu = dBub[j * n + m]
@@ -334,18 +331,19 @@ def discretize(u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, dtb, dub,
             Bm = B[Br + m, Bc : Bc + tl]
             for tt in range(tl):
                 a[tt] = exp_(dt[tt] * Ajm)
-                bu[tt] = du[tt] * Bm[tt]
+                bu[tt] = dt[tt] * uj[tt] * Bm[tt]
 
 
 @njit(**JIT)
-def recurrence(dAb, dBub, Hp, h, tl, reverse):
+def recurrence(dAb, dBub, H, h, tl, reverse, after):
     """Phase 2, equation (2): h_t = dA_t h_{t-1} + dBu_t for the R = cb*n chains of a tile.
 
     dAb, dBub (R, T); h (R,): the state before the tile, updated to the state after it.
-    Hp (R, T) receives the state before each step, h_{t-1}. The tile is walked in scratch order
-    or, with `reverse`, backwards (the reversed routes of the fused core). Four chains advance
-    per iteration: one chain is one FMA per step with a 4-cycle latency, so alone it would
-    leave the FMA units idle (eight chains spill registers and measured slower).
+    H (R, T) receives each step's state: h_t with `after` (what the readout needs), else
+    h_{t-1} (what the gradients need). The tile is walked in scratch order or, with `reverse`,
+    backwards (the reversed routes of the fused core). Four chains advance per iteration: one
+    chain is one FMA per step with a 4-cycle latency, so alone it would leave the FMA units
+    idle (eight chains spill registers and measured slower).
     """
     R = h.shape[0]
     for r in range(0, R, 4):
@@ -354,24 +352,34 @@ def recurrence(dAb, dBub, Hp, h, tl, reverse):
         r3 = min(r + 3, R - 1)
         a0, a1, a2, a3 = dAb[r], dAb[r1], dAb[r2], dAb[r3]
         b0, b1, b2, b3 = dBub[r], dBub[r1], dBub[r2], dBub[r3]
-        o0, o1, o2, o3 = Hp[r], Hp[r1], Hp[r2], Hp[r3]
+        o0, o1, o2, o3 = H[r], H[r1], H[r2], H[r3]
         h0, h1, h2, h3 = h[r], h[r1], h[r2], h[r3]
-        if reverse:
+        # Four copies of one loop (direction x what is stored): each indexes with the bare loop
+        # variable, which keeps Numba's negative-index wraparound out of the address arithmetic.
+        if reverse and after:
             for tt in range(tl - 1, -1, -1):
-                o0[tt] = h0
-                o1[tt] = h1
-                o2[tt] = h2
-                o3[tt] = h3
                 h0 = a0[tt] * h0 + b0[tt]
                 h1 = a1[tt] * h1 + b1[tt]
                 h2 = a2[tt] * h2 + b2[tt]
                 h3 = a3[tt] * h3 + b3[tt]
+                o0[tt], o1[tt], o2[tt], o3[tt] = h0, h1, h2, h3
+        elif reverse:
+            for tt in range(tl - 1, -1, -1):
+                o0[tt], o1[tt], o2[tt], o3[tt] = h0, h1, h2, h3
+                h0 = a0[tt] * h0 + b0[tt]
+                h1 = a1[tt] * h1 + b1[tt]
+                h2 = a2[tt] * h2 + b2[tt]
+                h3 = a3[tt] * h3 + b3[tt]
+        elif after:
+            for tt in range(tl):
+                h0 = a0[tt] * h0 + b0[tt]
+                h1 = a1[tt] * h1 + b1[tt]
+                h2 = a2[tt] * h2 + b2[tt]
+                h3 = a3[tt] * h3 + b3[tt]
+                o0[tt], o1[tt], o2[tt], o3[tt] = h0, h1, h2, h3
         else:
             for tt in range(tl):
-                o0[tt] = h0
-                o1[tt] = h1
-                o2[tt] = h2
-                o3[tt] = h3
+                o0[tt], o1[tt], o2[tt], o3[tt] = h0, h1, h2, h3
                 h0 = a0[tt] * h0 + b0[tt]
                 h1 = a1[tt] * h1 + b1[tt]
                 h2 = a2[tt] * h2 + b2[tt]
@@ -380,37 +388,32 @@ def recurrence(dAb, dBub, Hp, h, tl, reverse):
 
 
 @njit(**JIT)
-def readout(u, ur, uc, C, Cr, Cc, dAb, dBub, Hp, D, has_D, tl, y, yr, yc, accumulate):
-    """Phase 3, equation (3): y_t = sum_n C_tn h_tn + D u_t, with h_t = dA_t h_{t-1} + dBu_t
-    recomputed (one FMA) from phase 2's h_{t-1}, SIMD along the tile.
+def readout(u, ur, uc, C, Cr, Cc, H, D, has_D, tl, y, yr, yc, accumulate):
+    """Phase 3, equation (3): y_t = sum_n C_tn h_tn + D u_t, SIMD along the tile.
 
-    Rows u[ur + j, uc:uc+tl] and C[Cr + m, Cc:Cc+tl] as in `discretize`; dAb, dBub, Hp
-    (cb*n, T); D (cb,). Writes y[yr + j, yc:yc+tl] or, with `accumulate`, adds to it (the fused
-    SS2D core sums its four routes into one map).
+    Rows u[ur + j, uc:uc+tl] and C[Cr + m, Cc:Cc+tl] as in `discretize`; H (cb*n, T) the
+    states h_t from `recurrence(after=True)`; D (cb,). Writes y[yr + j, yc:yc+tl] or, with
+    `accumulate`, adds to it (the fused SS2D core sums its four routes into one map).
     """
     cb = D.shape[0]
-    n = dAb.shape[0] // cb
+    n = H.shape[0] // cb
     for j in range(cb):
         yj = y[yr + j, yc : yc + tl]
         uj = u[ur + j, uc : uc + tl]
         Cm = C[Cr, Cc : Cc + tl]
-        a = dAb[j * n]
-        bu = dBub[j * n]
-        hp = Hp[j * n]
+        hm = H[j * n]
         Dj = D[j] if has_D else zero_of(D)
         if accumulate:
             for tt in range(tl):
-                yj[tt] += Dj * uj[tt] + Cm[tt] * (a[tt] * hp[tt] + bu[tt])
+                yj[tt] += Dj * uj[tt] + Cm[tt] * hm[tt]
         else:
             for tt in range(tl):
-                yj[tt] = Dj * uj[tt] + Cm[tt] * (a[tt] * hp[tt] + bu[tt])
+                yj[tt] = Dj * uj[tt] + Cm[tt] * hm[tt]
         for m in range(1, n):
             Cm = C[Cr + m, Cc : Cc + tl]
-            a = dAb[j * n + m]
-            bu = dBub[j * n + m]
-            hp = Hp[j * n + m]
+            hm = H[j * n + m]
             for tt in range(tl):
-                yj[tt] += Cm[tt] * (a[tt] * hp[tt] + bu[tt])
+                yj[tt] += Cm[tt] * hm[tt]
 
 
 @njit(**JIT)
@@ -544,8 +547,14 @@ def tile_bwd(s, sb, A, D, bias, softplus, has_D, h, q, tl, reverse, dA_acc, dD_a
     dyb, gu, gdt, dBb, dCb, G = sb
     cb = ub.shape[0]
     n = Bb.shape[0]
-    discretize(ub, 0, 0, xb, 0, 0, Bb, 0, 0, A, bias, softplus, tl, dtb, dub, dAb, dBub)
-    recurrence(dAb, dBub, Hp, h, tl, reverse)
+    discretize(ub, 0, 0, xb, 0, 0, Bb, 0, 0, A, bias, softplus, tl, dtb, dAb, dBub)
+    recurrence(dAb, dBub, Hp, h, tl, reverse, False)
+    for j in range(cb):
+        dt = dtb[j]
+        du = dub[j]
+        uj = ub[j]
+        for tt in range(tl):
+            du[tt] = dt[tt] * uj[tt]
     for j in range(cb):
         dyj = dyb[j]
         for m in range(n):
@@ -602,18 +611,16 @@ def _selective_scan_fwd_kernel(
         c1 = min(c0 + block, (ki + 1) * d)
         cb = c1 - c0
         ws = work[numba.get_thread_id()]  # (S,)
-        (_, _, _, _, _, dtb, dub, dAb, dBub, Hp), o = fwd_scratch(ws, cb, n, tile)
+        (_, _, _, _, _, dtb, _, dAb, dBub, H), o = fwd_scratch(ws, cb, n, tile)
         h = take(ws, o, 1, cb * n)[0][0, : cb * n]  # (cb*n,)
         load_state(h0, bi, c0, cb, n, h)
         Ab, Db, biasb = A[c0:c1], D[c0:c1], bias[c0:c1]
         us, xs, Bs, Cs, ys = u[bi], delta[bi], B[bi, ki], C[bi, ki], y[bi]  # (k*d, l) and (n, l)
         for t0 in range(0, l, tile):
             tl = min(tile, l - t0)
-            discretize(
-                us, c0, t0, xs, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb, dub, dAb, dBub
-            )
-            recurrence(dAb, dBub, Hp, h, tl, False)
-            readout(us, c0, t0, Cs, 0, t0, dAb, dBub, Hp, Db, has_D, tl, ys, c0, t0, False)
+            discretize(us, c0, t0, xs, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb, dAb, dBub)
+            recurrence(dAb, dBub, H, h, tl, False, True)
+            readout(us, c0, t0, Cs, 0, t0, H, Db, has_D, tl, ys, c0, t0, False)
         store_state(h, h_last, bi, c0, cb, n)
 
 
@@ -667,10 +674,9 @@ def _selective_scan_bwd_kernel(
                 tl = min(tile, l - t0)
                 ckpt[ti, : cb * n] = h
                 discretize(
-                    us, c0, t0, xs, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb, dub, dAb,
-                    dBub,
-                )  # fmt: skip
-                recurrence(dAb, dBub, Hp, h, tl, False)
+                    us, c0, t0, xs, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb, dAb, dBub
+                )
+                recurrence(dAb, dBub, Hp, h, tl, False, True)
             for ti in range(ntiles - 1, -1, -1):
                 t0 = ti * tile
                 t1 = min(t0 + tile, l)

@@ -163,7 +163,7 @@ def _ss2d_core_fwd_kernel(x, delta, A, B, C, D, bias, softplus, has_D, block, ti
         c1 = min(c0 + block, d)
         cb = c1 - c0
         ws = work[numba.get_thread_id()]  # (S,)
-        (ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp), o = fwd_scratch(ws, cb, n, T)
+        (ub, xb, yb, Bb, Cb, dtb, _, dAb, dBub, H), o = fwd_scratch(ws, cb, n, T)
         hs = take(ws, o, 1, cb * n)[0][0, : cb * n]  # (cb*n,)
         xs, ys = x[bi], y[bi]  # (d, l)
         for route in range(4):
@@ -172,57 +172,24 @@ def _ss2d_core_fwd_kernel(x, delta, A, B, C, D, bias, softplus, has_D, block, ti
             ds, Bs, Cs = delta[bi, route], B[bi, route], C[bi, route]  # (d, l), (n, l), (n, l)
             hs[:] = 0
             for i in range(route_tiles(route, h, w, tile, tw)):
-                band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
-                if band:
-                    load_band(xs, c0, h, w, start, size, ub)
-                    load_band(ds, c0, h, w, start, size, xb)
-                    load_band(Bs, 0, h, w, start, size, Bb)
-                    load_band(Cs, 0, h, w, start, size, Cb)
+                band, t0, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
+                if band:  # copy the band column-major into scratch, scan it there, add back
+                    load_band(xs, c0, h, w, t0, size, ub)
+                    load_band(ds, c0, h, w, t0, size, xb)
+                    load_band(Bs, 0, h, w, t0, size, Bb)
+                    load_band(Cs, 0, h, w, t0, size, Cb)
                     discretize(
-                        ub, 0, 0, xb, 0, 0, Bb, 0, 0, Ab, biasb, softplus, tl, dtb, dub, dAb, dBub
+                        ub, 0, 0, xb, 0, 0, Bb, 0, 0, Ab, biasb, softplus, tl, dtb, dAb, dBub
                     )
-                    recurrence(dAb, dBub, Hp, hs, tl, reverse)
-                    readout(ub, 0, 0, Cb, 0, 0, dAb, dBub, Hp, Db, has_D, tl, yb, 0, 0, False)
-                    store_band(yb, ys, c0, h, w, start, size, True)
-                else:
+                    recurrence(dAb, dBub, H, hs, tl, reverse, True)
+                    readout(ub, 0, 0, Cb, 0, 0, H, Db, has_D, tl, yb, 0, 0, False)
+                    store_band(yb, ys, c0, h, w, t0, size, True)
+                else:  # a run of row-major positions: read and accumulate in place
                     discretize(
-                        xs,
-                        c0,
-                        start,
-                        ds,
-                        c0,
-                        start,
-                        Bs,
-                        0,
-                        start,
-                        Ab,
-                        biasb,
-                        softplus,
-                        tl,
-                        dtb,
-                        dub,
-                        dAb,
-                        dBub,
+                        xs, c0, t0, ds, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb, dAb, dBub
                     )
-                    recurrence(dAb, dBub, Hp, hs, tl, reverse)
-                    readout(
-                        xs,
-                        c0,
-                        start,
-                        Cs,
-                        0,
-                        start,
-                        dAb,
-                        dBub,
-                        Hp,
-                        Db,
-                        has_D,
-                        tl,
-                        ys,
-                        c0,
-                        start,
-                        route > 0,
-                    )
+                    recurrence(dAb, dBub, H, hs, tl, reverse, True)
+                    readout(xs, c0, t0, Cs, 0, t0, H, Db, has_D, tl, ys, c0, t0, route > 0)
 
 
 @njit(**PARALLEL_JIT)
@@ -257,7 +224,7 @@ def _ss2d_core_bwd_kernel(
             c1 = min(c0 + block, d)
             cb = c1 - c0
             s, o = fwd_scratch(ws, cb, n, T)
-            ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp = s
+            ub, xb, yb, Bb, Cb, dtb, _, dAb, dBub, Hp = s
             sb, ckpt, hs, q = bwd_scratch(ws, o, cb, n, T, nckpt)
             dyb, gu, gdt, dBb, dCb, G = sb
             for route in range(4):
@@ -275,15 +242,14 @@ def _ss2d_core_bwd_kernel(
                         load_band(ds, c0, h, w, start, size, xb)
                         load_band(Bs, 0, h, w, start, size, Bb)
                         discretize(
-                            ub, 0, 0, xb, 0, 0, Bb, 0, 0, Ab, biasb, softplus, tl, dtb, dub,
-                            dAb, dBub,
-                        )  # fmt: skip
+                            ub, 0, 0, xb, 0, 0, Bb, 0, 0, Ab, biasb, softplus, tl, dtb, dAb, dBub
+                        )
                     else:
                         discretize(
                             xs, c0, start, ds, c0, start, Bs, 0, start, Ab, biasb, softplus, tl,
-                            dtb, dub, dAb, dBub,
+                            dtb, dAb, dBub,
                         )  # fmt: skip
-                    recurrence(dAb, dBub, Hp, hs, tl, reverse)
+                    recurrence(dAb, dBub, Hp, hs, tl, reverse, True)
                 q[:] = 0
                 for i in range(ntiles - 1, -1, -1):
                     band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
