@@ -15,10 +15,12 @@ VMamba and timm. The paper uses 50 ImageNet validation images at 1024x1024; the 
 read photos that ship with scikit-image (or a folder of your own) and prepare them the same
 way: bicubic resize of the shorter side, centre crop, ImageNet normalisation.
 
+The model is measured in evaluation mode (set for the measurement, restored afterwards), so
+stochastic depth is off.
+
 Official implementation: `analyze/erf.py` and `EffectiveReceiptiveField` in VMamba's
-`analyze/utils.py`. Deviations: the plot is drawn with matplotlib (the official one with
-seaborn's `heatmap(cmap="RdYlGn", center=0)`; the colours are the same); the model is put in
-evaluation mode for the measurement and restored afterwards.
+`analyze/utils.py`. Deviation: the plot is drawn with matplotlib (the official one with
+seaborn's `heatmap(cmap="RdYlGn", center=0)`; the colours are the same).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from vmamba_ref.plots import _pyplot
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -291,13 +295,7 @@ def plot_erf(
     for name, erf in maps.items():
         if not isinstance(erf, torch.Tensor) or erf.dim() != 2:
             raise ValueError(f"plot_erf: map {name!r} must be a 2-D tensor (H, W)")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError("plot_erf needs matplotlib: pip install 'vmamba[demo]'") from error
+    plt = _pyplot()
     ncols = len(maps) if ncols is None else ncols
     if ncols < 1:
         raise ValueError(f"plot_erf: ncols must be positive, got {ncols}")
