@@ -33,6 +33,7 @@ A kernel's fraction of the floor is floor / time (1.0 = at the floor; "within 2x
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import math
 import time
@@ -127,6 +128,23 @@ def _exp_rate_serial(x, out, reps):
             out[i] = exp_(x[i])
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory in the process (no mmap for large blocks, no trimming).
+
+    By default glibc serves blocks above 32 MiB with mmap and unmaps them on free, so every call
+    that returns a fresh stage-1 output (38 MiB at b=8) first page-faults and zeroes it, which
+    on this machine costs as much as the scan itself and taxes every implementation alike.
+    Keeping freed memory, as PyTorch's caching allocator does on the GPU, measures the kernels
+    instead; `--os-allocator` measures with glibc's defaults.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameter numbers from <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
 @dataclass
 class Machine:
     threads: int
@@ -191,6 +209,35 @@ def measure_machine(quick: bool) -> Machine:
 # ------------------------------------------------------------------------------------------------
 
 
+# VMamba-T stage shapes: stage 1 has d = 96 channels per route on a 56x56 map, stage 3 d = 384
+# on 14x14. name -> (b, d, l, n).
+FULL_SHAPES = {
+    "stage1 b=8 n=1": (8, 96, 3136, 1),
+    "stage1 b=1 n=1": (1, 96, 3136, 1),
+    "stage1 b=8 n=16": (8, 96, 3136, 16),
+    "stage1 b=1 n=16": (1, 96, 3136, 16),
+    "stage3 b=8 n=1": (8, 384, 196, 1),
+    "stage3 b=1 n=1": (1, 384, 196, 1),
+    "stage3 b=8 n=16": (8, 384, 196, 16),
+    "stage3 b=1 n=16": (1, 384, 196, 16),
+}
+# Where the slow baselines run: (forward, forward+backward) per shape. The rest would take
+# minutes each (the reference loop's Python steps, textbook's l-step loop over
+# (b, k*d, l, n) tensors) or gigabytes (the parallel scans' log2(l) levels kept for autograd),
+# and the whole benchmark has to finish in under five minutes on two cores.
+_ALL = {"ref loop", "textbook", "parallel", "torch"}
+BASELINE_CELLS = {
+    "stage1 b=8 n=1": ({"ref loop", "textbook", "parallel", "torch"}, {"parallel", "torch"}),
+    "stage1 b=1 n=1": (_ALL, {"ref loop", "parallel", "torch"}),
+    "stage1 b=8 n=16": (set(), set()),
+    "stage1 b=1 n=16": ({"textbook", "parallel", "torch"}, {"torch"}),
+    "stage3 b=8 n=1": (_ALL, {"ref loop", "parallel", "torch"}),
+    "stage3 b=1 n=1": (_ALL, {"ref loop", "parallel", "torch"}),
+    "stage3 b=8 n=16": ({"textbook", "parallel", "torch"}, {"torch"}),
+    "stage3 b=1 n=16": (_ALL, {"parallel", "torch"}),
+}
+
+
 @dataclass(frozen=True)
 class ScanShape:
     name: str
@@ -232,16 +279,7 @@ def scan_inputs(s: ScanShape, requires_grad: bool = False, seed: int = 0):
 
 def time_scan(fn, s: ScanShape, backward: bool, repeats: int) -> float:
     args = scan_inputs(s, requires_grad=backward)
-
-    def run():
-        y = fn(*args)
-        if backward:
-            y.backward(torch.ones_like(y))
-
-    if backward:
-        return best_time(run, repeats)
-    with torch.no_grad():
-        return best_time(run, repeats)
+    return time_pass(lambda: fn(*args), backward, repeats, args)
 
 
 def fmt_ms(seconds: float | None) -> str:
@@ -265,30 +303,12 @@ def scan_table(machine: Machine, quick: bool) -> dict:
     if quick:
         shapes = [ScanShape("tiny", 2, 4, 8, 64, 1), ScanShape("tiny n=4", 1, 4, 4, 49, 4)]
     else:
-        shapes = [
-            ScanShape("stage1 b=8 n=1", 8, 4, 96, 3136, 1),
-            ScanShape("stage1 b=1 n=1", 1, 4, 96, 3136, 1),
-            ScanShape("stage1 b=1 n=16", 1, 4, 96, 3136, 16),
-            ScanShape("stage1 b=8 n=16", 8, 4, 96, 3136, 16),
-            ScanShape("stage3 b=8 n=1", 8, 4, 384, 196, 1),
-            ScanShape("stage3 b=1 n=1", 1, 4, 384, 196, 1),
-            ScanShape("stage3 b=8 n=16", 8, 4, 384, 196, 16),
-            ScanShape("stage3 b=1 n=16", 1, 4, 384, 196, 16),
-        ]
+        shapes = [ScanShape(name, b, 4, d, l, n) for name, (b, d, l, n) in FULL_SHAPES.items()]
 
     def runs(name: str, s: ScanShape, backward: bool) -> bool:
-        """Which baselines run where: the slow ones only where they finish in seconds and fit
-        in memory (the (b, k*d, l, n) tensors of textbook/parallel, the O(l) Python loop)."""
         if name == "numba" or quick:
             return True
-        big = s.elements * s.n  # elements of one (b, k*d, l, n) tensor
-        if name == "ref loop":
-            return s.b * s.k * s.d * s.n <= 8 * 384 or not backward
-        if name == "textbook":
-            return not backward and big <= 2e7
-        if name == "parallel":
-            return big <= 1e7
-        return big <= 5e7  # "torch"
+        return name in BASELINE_CELLS[s.name][1 if backward else 0]
 
     print("\n## Selective scan, float32 (times in ms, best of several; ratio = other / numba)\n")
     header = f"{'shape':<17} {'pass':<8}" + "".join(f"{name:>16}" for name in impls)
@@ -302,8 +322,8 @@ def scan_table(machine: Machine, quick: bool) -> dict:
                 if not runs(name, s, backward):
                     times[name] = None
                     continue
-                fast = name == "numba"
-                times[name] = time_scan(fn, s, backward, (7 if fast else 1) if not quick else 2)
+                repeats = 2 if quick else (7 if name == "numba" else 2)
+                times[name] = time_scan(fn, s, backward, repeats)
             mine = times["numba"]
             cells = [f"{fmt_ms(mine):>16}"] + [
                 f"{fmt_ms(t) + ' ' + fmt_ratio(t, mine):>16}"
@@ -367,13 +387,14 @@ def separate_core(ops, grid, routes):
     return ops.cross_merge(ys.reshape(b, 4, d, h, w))  # (b, d, h, w)
 
 
-def time_pass(fn: Callable[[], torch.Tensor], backward: bool, repeats: int) -> float:
-    """Best time of fn() (and of its backward from a ones cotangent)."""
+def time_pass(fn: Callable[[], torch.Tensor], backward: bool, repeats: int, leaves) -> float:
+    """Best time of fn(), and with `backward` of the gradients of every leaf from a ones
+    cotangent (torch.autograd.grad: nothing accumulates into .grad between repeats)."""
 
     def run():
         y = fn()
         if backward:
-            y.backward(torch.ones_like(y))
+            torch.autograd.grad(y, leaves, torch.ones_like(y))
 
     with torch.set_grad_enabled(backward):
         return best_time(run, repeats)
@@ -397,10 +418,11 @@ def core_table(quick: bool) -> dict:
         for backward in (False, True):
             grid, routes = core_inputs(s, h, w, backward)
             repeats = 2 if quick else 7
+            leaves = [t for t in (*grid.values(), *routes.values()) if t.requires_grad]
             times = {
-                "fused": time_pass(lambda g=grid: ops.ss2d_core(**g), backward, repeats),
+                "fused": time_pass(lambda g=grid: ops.ss2d_core(**g), backward, repeats, leaves),
                 "separate": time_pass(
-                    lambda g=grid, r=routes: separate_core(ops, g, r), backward, repeats
+                    lambda g=grid, r=routes: separate_core(ops, g, r), backward, repeats, leaves
                 ),
             }
             label = "fwd+bwd" if backward else "fwd"
@@ -509,12 +531,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes, seconds: a smoke run")
     parser.add_argument("--no-model", action="store_true", help="skip the end-to-end part")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="threads for numba and torch (default: all)"
+    )
+    parser.add_argument(
+        "--os-allocator", action="store_true", help="keep glibc's unmap-on-free for big blocks"
+    )
     args = parser.parse_args()
     start = time.perf_counter()
+    if args.threads:
+        numba.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
+    kept = False if args.os_allocator else keep_freed_memory()
     torch.manual_seed(0)
     machine = measure_machine(args.quick)
     print(
-        f"# CPU benchmark, {machine.threads} threads (numba and torch), torch {torch.__version__}"
+        f"# CPU benchmark: {machine.threads} numba threads, {torch.get_num_threads()} torch "
+        f"threads, torch {torch.__version__}, numba {numba.__version__}"
+    )
+    print(
+        "allocator: "
+        + (
+            "freed memory kept in the process (no page faults on reuse)"
+            if kept
+            else "glibc defaults"
+        )
     )
     print(
         f"stream triad: {machine.triad_1 / 1e9:.1f} GB/s on 1 thread, "

@@ -171,6 +171,11 @@ def sigmoid_(x):
     return 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
 
 
+def softplus_sigmoid_(x):
+    """(softplus(x), sigmoid(x)) from one exponential: what the backward needs of delta."""
+    return softplus_(x), sigmoid_(x)
+
+
 def _typed(x, value):
     """`value` as a constant of x's float type, for use inside an overload's implementation."""
     return np.float32(value) if x == types.float32 else np.float64(value)
@@ -186,6 +191,20 @@ def _softplus_impl(x):
         return (x if x > zero else zero) + log1p_(exp_(-abs(x)))
 
     return softplus
+
+
+@overload(softplus_sigmoid_)
+def _softplus_sigmoid_impl(x):
+    if x not in (types.float32, types.float64):
+        return None
+    zero, one = _typed(x, 0.0), _typed(x, 1.0)
+
+    def softplus_sigmoid(x):
+        e = exp_(-abs(x))
+        sg = one / (one + e) if x >= zero else e / (one + e)
+        return (x if x > zero else zero) + log1p_(e), sg
+
+    return softplus_sigmoid
 
 
 @overload(sigmoid_)
@@ -230,50 +249,89 @@ def take(ws, offset, rows, cols):
 
 @njit(**JIT)
 def fwd_scratch(ws, cb, n, T):
-    """Scratch of a forward tile, carved from the front of ws; every array (rows, T):
-    ub, xb, yb (cb, T): u, delta, y of routes that need a copy;  Bb, Cb (n, T): B, C likewise;
-    dtb, dub (cb, T): dt, dt*u;  dAb, dBub, Hp (cb*n, T): row j*n+m holds dA, dBu and a state
-    of chain (j, m) (h_t in the forward, h_{t-1} in the backward). Returns the tuple and the offset after it."""
+    """Scratch of a forward tile, carved from ws (rows of T + ROW_PAD):
+    ub, xb, yb (cb, T): u, delta, y of routes read through a copy;  Bb, Cb (n, T): B, C
+    likewise;  dtb (cb, T): dt;  dAb, dBub, H (cb*n, T): row j*n+m holds dA, dBu and h_t of
+    chain (j, m);  h (cb*n,): the carried state."""
     ub, o = take(ws, 0, cb, T)
     xb, o = take(ws, o, cb, T)
     yb, o = take(ws, o, cb, T)
     Bb, o = take(ws, o, n, T)
     Cb, o = take(ws, o, n, T)
     dtb, o = take(ws, o, cb, T)
-    dub, o = take(ws, o, cb, T)
     dAb, o = take(ws, o, cb * n, T)
     dBub, o = take(ws, o, cb * n, T)
-    Hp, o = take(ws, o, cb * n, T)
-    return (ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp), o
+    H, o = take(ws, o, cb * n, T)
+    h, o = take(ws, o, 1, cb * n)
+    return (ub, xb, yb, Bb, Cb, dtb, dAb, dBub, H), h[0, : cb * n]
 
 
 @njit(**JIT)
-def bwd_scratch(ws, offset, cb, n, T, ntiles):
-    """Scratch of a backward tile, carved from ws after `fwd_scratch`'s: dyb, gu, gdt (cb, T):
-    dy, du, ddelta; dBb, dCb (n, T): dB, dC summed over the block; G (cb*n, T): the adjoint
-    states g; ckpt (ntiles, cb*n + pad): the state at each tile start (first cb*n columns);
-    h, q (cb*n,): state and adjoint carry."""
-    dyb, o = take(ws, offset, cb, T)
+def bwd_scratch(ws, cb, n, T, ntiles):
+    """Scratch of a backward pass over ntiles tiles, carved from ws (rows of T + ROW_PAD):
+
+    - the tile's inputs, copied: ub, xb, dyb (cb, T): u, delta, dy; Bb, Cb (n, T): B, C;
+    - its temporaries (temps): dub (cb, T): dt*u; Hp, G (cb*n, T): h_{t-1} and the adjoint g; gu, gdt
+      (cb, T): du, ddelta; dBb, dCb (n, T): dB, dC summed over the block;
+    - what the forward sweep keeps for every tile, so that the backward computes no
+      transcendental twice: dts, sgs (ntiles, cb, T): dt and sigmoid(delta + bias);
+      dAs, dBus (ntiles, cb*n, T): dA and dBu;
+    - ckpt (ntiles, cb*n): the state at each tile start; h, q (cb*n,): state and adjoint carry.
+
+    Memory: about (2*cb + 2*cb*n) * l numbers per thread, O(threads * chains * l), never a
+    (b, k*d, l, n) tensor."""
+    ub, o = take(ws, 0, cb, T)
+    xb, o = take(ws, o, cb, T)
+    dyb, o = take(ws, o, cb, T)
+    Bb, o = take(ws, o, n, T)
+    Cb, o = take(ws, o, n, T)
+    dub, o = take(ws, o, cb, T)
+    Hp, o = take(ws, o, cb * n, T)
+    G, o = take(ws, o, cb * n, T)
     gu, o = take(ws, o, cb, T)
     gdt, o = take(ws, o, cb, T)
     dBb, o = take(ws, o, n, T)
     dCb, o = take(ws, o, n, T)
-    G, o = take(ws, o, cb * n, T)
+    dts, o = take3(ws, o, ntiles, cb, T)
+    sgs, o = take3(ws, o, ntiles, cb, T)
+    dAs, o = take3(ws, o, ntiles, cb * n, T)
+    dBus, o = take3(ws, o, ntiles, cb * n, T)
     ckpt, o = take(ws, o, ntiles, cb * n)
     h, o = take(ws, o, 1, cb * n)
     q, o = take(ws, o, 1, cb * n)
-    return (dyb, gu, gdt, dBb, dCb, G), ckpt, h[0, : cb * n], q[0, : cb * n]
+    inputs = (ub, xb, dyb, Bb, Cb)
+    temps = (dub, Hp, G, gu, gdt, dBb, dCb)
+    kept = (dts, sgs, dAs, dBus)
+    return inputs, temps, kept, ckpt, h[0, : cb * n], q[0, : cb * n]
 
 
-def workspace(cb: int, n: int, T: int, ntiles: int, dtype: torch.dtype) -> np.ndarray:
-    """Scratch for every thread: (threads, S) with S the size of `fwd_scratch` plus
-    `bwd_scratch` (ntiles checkpoints) for blocks of up to cb channels. Kernels take their thread's row
-    (`numba.get_thread_id()`), so they allocate nothing: Numba's allocation functions would have
-    to compile while the test suite replaces `numpy.empty` by a NaN-filling wrapper, which
-    fails; and one allocation per call is cheaper than one per work item. Fresh per call, so
-    that calls from several Python threads (the kernels release the GIL) do not share it."""
-    rows = 8 * cb + 4 * n + 4 * cb * n  # of length T, plus ntiles + 2 of length cb*n
-    size = rows * (T + ROW_PAD) + (ntiles + 2) * (cb * n + ROW_PAD)
+@njit(**JIT)
+def take3(ws, offset, k, rows, cols):
+    """k stacked `take` views: a C-contiguous (k, rows, cols + ROW_PAD) view and the offset
+    after it."""
+    stride = cols + ROW_PAD
+    end = offset + k * rows * stride
+    return ws[offset:end].reshape((k, rows, stride)), end
+
+
+def workspace(
+    cb: int, n: int, T: int, dtype: torch.dtype, backward_tiles: int | None = None
+) -> np.ndarray:
+    """Scratch for every thread: (threads, S), S the size of `fwd_scratch` or, given
+    backward_tiles, of `bwd_scratch` over that many tiles, for blocks of up to cb channels.
+
+    Kernels take their thread's row (`numba.get_thread_id()`), so they allocate nothing: Numba's
+    allocation functions would have to compile while the test suite replaces `numpy.empty` by a
+    NaN-filling wrapper, which fails; and one allocation per call is cheaper than one per work
+    item. Fresh per call, so that calls from several Python threads (the kernels release the
+    GIL) do not share it.
+    """
+    pad, cbn = ROW_PAD, cb * n
+    if backward_tiles is None:
+        size = (4 * cb + 2 * n + 3 * cbn) * (T + pad) + (cbn + pad)
+    else:
+        rows = 6 * cb + 4 * n + 2 * cbn + backward_tiles * (2 * cb + 2 * cbn)
+        size = rows * (T + pad) + (backward_tiles + 2) * (cbn + pad)
     return torch.empty(numba.config.NUMBA_NUM_THREADS, size, dtype=dtype).numpy()
 
 
@@ -302,14 +360,15 @@ def store_rows(src, dst, r0, t0, t1, accumulate):
 
 
 @njit(**JIT)
-def discretize(u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, dtb, dAb, dBub):
+def discretize(u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, dtb, dAb, dBub, sgb, sig):
     """Phase 1, equations (1a, 1b), SIMD along the tile.
 
     Reads u[ur + j, uc:uc+tl] and delta x[xr + j, xc:xc+tl] for the cb channels j,
     B[Br + m, Bc:Bc+tl] for the n states m; A (cb, n); bias (cb,).
     Writes dtb (cb, T) = dt; dAb, dBub (cb*n, T): row j*n+m holds exp(dt*A[j, m]) and
-    dt*u*B[m]. At most two stores per loop: more would need runtime alias checks before LLVM
-    vectorizes.
+    dt*u*B[m]; with `sig` and softplus also sgb (cb, T) = sigmoid(delta + bias), the derivative
+    of dt, from the same exponential. At most two stores per loop: more would need runtime
+    alias checks before LLVM vectorizes.
     """
     cb = dtb.shape[0]
     n = A.shape[1]
@@ -318,7 +377,11 @@ def discretize(u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, dtb, dAb,
         uj = u[ur + j, uc : uc + tl]
         dt = dtb[j]
         bj = bias[j]
-        if softplus:
+        if softplus and sig:
+            sg = sgb[j]
+            for tt in range(tl):
+                dt[tt], sg[tt] = softplus_sigmoid_(xj[tt] + bj)
+        elif softplus:
             for tt in range(tl):
                 dt[tt] = softplus_(xj[tt] + bj)
         else:
@@ -464,7 +527,9 @@ def adjoint(G, dAb, q, tl, reverse):
 
 
 @njit(**JIT)
-def gradients(s, sb, A, D, bias, softplus, has_D, tl, dA_acc, dD_acc, dbias_acc):
+def gradients(
+    inputs, temps, dtb, sgb, dAb, dBub, A, D, softplus, has_D, tl, dA_acc, dD_acc, dbias_acc
+):
     """Gradients of one tile from its states h_{t-1} (Hp) and adjoint states g (G), SIMD along
     the tile. With h_t = dA_t h_{t-1} + dBu_t and j running over the block's channels:
 
@@ -475,13 +540,13 @@ def gradients(s, sb, A, D, bias, softplus, has_D, tl, dA_acc, dD_acc, dbias_acc)
         dA_n    += sum_t g_tn dA_tn h_{t-1,n} dt_t
         dD      += sum_t dy_t u_t                dbias += sum_t ddelta_t
 
-    Reads ub, xb, Bb, dyb and phases 1-2 from the scratch s, sb (`fwd_scratch`, `bwd_scratch`);
-    writes gu, gdt (cb, T) (du, ddelta) and dBb, dCb (n, T); adds into dA_acc (cb, n), dD_acc
-    and dbias_acc (cb,).
+    inputs, temps: `bwd_scratch`'s (ub, dyb, Bb; dub, Hp, G filled); dtb, sgb (cb, T) and
+    dAb, dBub (cb*n, T): the tile's kept discretization. Writes gu, gdt (cb, T) (du, ddelta)
+    and dBb, dCb (n, T); adds into dA_acc (cb, n), dD_acc and dbias_acc (cb,).
     """
-    ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp = s
-    dyb, gu, gdt, dBb, dCb, G = sb
-    cb = ub.shape[0]
+    ub, xb, dyb, Bb, Cb = inputs
+    dub, Hp, G, gu, gdt, dBb, dCb = temps
+    cb = dtb.shape[0]
     n = Bb.shape[0]
     z = zero_of(ub)
     for m in range(n):
@@ -524,10 +589,9 @@ def gradients(s, sb, A, D, bias, softplus, has_D, tl, dA_acc, dD_acc, dbias_acc)
                 sA += w * dtj[tt]
             dA_acc[j, m] += sA
         if softplus:
-            xj = xb[j]
-            bj = bias[j]
+            sgj = sgb[j]
             for tt in range(tl):
-                gdtj[tt] = gdtj[tt] * sigmoid_(xj[tt] + bj)
+                gdtj[tt] = gdtj[tt] * sgj[tt]
         sbias = z
         sD = z
         for tt in range(tl):
@@ -538,17 +602,32 @@ def gradients(s, sb, A, D, bias, softplus, has_D, tl, dA_acc, dD_acc, dbias_acc)
 
 
 @njit(**JIT)
-def tile_bwd(s, sb, A, D, bias, softplus, has_D, h, q, tl, reverse, dA_acc, dD_acc, dbias_acc):
-    """One backward tile whose ub, xb, Bb, Cb (s) and dyb (sb) the caller has filled.
-    h (cb*n,): the checkpointed state before the tile (clobbered); q (cb*n,): the adjoint carry,
-    updated to the tile's start. Writes gu, gdt, dBb, dCb; adds into the parameter
-    accumulators (see `gradients`)."""
-    ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp = s
-    dyb, gu, gdt, dBb, dCb, G = sb
-    cb = ub.shape[0]
+def sweep_tile(u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, reverse, kept, ti, Hp, h):
+    """The backward's forward sweep over tile ti: discretize into the kept arrays of tile ti
+    (`bwd_scratch`) and advance the state h (cb*n,) over the tile. Sources as `discretize`."""
+    dts, sgs, dAs, dBus = kept
+    discretize(
+        u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, dts[ti], dAs[ti], dBus[ti],
+        sgs[ti], True,
+    )  # fmt: skip
+    recurrence(dAs[ti], dBus[ti], Hp, h, tl, reverse, True)
+
+
+@njit(**JIT)
+def tile_bwd(
+    inputs, temps, kept, ti, A, D, softplus, has_D, h, q, tl, reverse, dA_acc, dD_acc, dbias_acc
+):
+    """Backward of tile ti, whose ub, dyb, Bb, Cb (inputs) the caller has filled and whose
+    discretization the sweep kept. h (cb*n,): the checkpointed state before the tile
+    (clobbered); q (cb*n,): the adjoint carry, updated to the tile's start. Writes gu, gdt,
+    dBb, dCb (temps); adds into the parameter accumulators (see `gradients`)."""
+    ub, xb, dyb, Bb, Cb = inputs
+    dub, Hp, G, gu, gdt, dBb, dCb = temps
+    dts, sgs, dAs, dBus = kept
+    dtb, dAb = dts[ti], dAs[ti]
+    cb = dtb.shape[0]
     n = Bb.shape[0]
-    discretize(ub, 0, 0, xb, 0, 0, Bb, 0, 0, A, bias, softplus, tl, dtb, dAb, dBub)
-    recurrence(dAb, dBub, Hp, h, tl, reverse, False)
+    recurrence(dAb, dBus[ti], Hp, h, tl, reverse, False)
     for j in range(cb):
         dt = dtb[j]
         du = dub[j]
@@ -563,7 +642,10 @@ def tile_bwd(s, sb, A, D, bias, softplus, has_D, h, q, tl, reverse, dA_acc, dD_a
             for tt in range(tl):
                 g[tt] = dyj[tt] * Cm[tt]
     adjoint(G, dAb, q, tl, reverse)
-    gradients(s, sb, A, D, bias, softplus, has_D, tl, dA_acc, dD_acc, dbias_acc)
+    gradients(
+        inputs, temps, dtb, sgs[ti], dAb, dBus[ti], A, D, softplus, has_D, tl, dA_acc, dD_acc,
+        dbias_acc,
+    )  # fmt: skip
 
 
 @njit(**JIT)
@@ -611,14 +693,16 @@ def _selective_scan_fwd_kernel(
         c1 = min(c0 + block, (ki + 1) * d)
         cb = c1 - c0
         ws = work[numba.get_thread_id()]  # (S,)
-        (_, _, _, _, _, dtb, _, dAb, dBub, H), o = fwd_scratch(ws, cb, n, tile)
-        h = take(ws, o, 1, cb * n)[0][0, : cb * n]  # (cb*n,)
+        (_, _, _, _, _, dtb, dAb, dBub, H), h = fwd_scratch(ws, cb, n, tile)
         load_state(h0, bi, c0, cb, n, h)
         Ab, Db, biasb = A[c0:c1], D[c0:c1], bias[c0:c1]
         us, xs, Bs, Cs, ys = u[bi], delta[bi], B[bi, ki], C[bi, ki], y[bi]  # (k*d, l) and (n, l)
         for t0 in range(0, l, tile):
             tl = min(tile, l - t0)
-            discretize(us, c0, t0, xs, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb, dAb, dBub)
+            discretize(
+                us, c0, t0, xs, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb, dAb, dBub, dtb,
+                False,
+            )  # fmt: skip
             recurrence(dAb, dBub, H, h, tl, False, True)
             readout(us, c0, t0, Cs, 0, t0, H, Db, has_D, tl, ys, c0, t0, False)
         store_state(h, h_last, bi, c0, cb, n)
@@ -662,32 +746,29 @@ def _selective_scan_bwd_kernel(
             c0 = ki * d + blk * block
             c1 = min(c0 + block, (ki + 1) * d)
             cb = c1 - c0
-            s, o = fwd_scratch(ws, cb, n, tile)
-            ub, xb, yb, Bb, Cb, dtb, dub, dAb, dBub, Hp = s
-            sb, ckpt, h, q = bwd_scratch(ws, o, cb, n, tile, ntiles)
-            dyb, gu, gdt, dBb, dCb, G = sb
+            inputs, temps, kept, ckpt, h, q = bwd_scratch(ws, cb, n, tile, ntiles)
+            ub, xb, dyb, Bb, Cb = inputs
+            dub, Hp, G, gu, gdt, dBb, dCb = temps
             Ab, Db, biasb = A[c0:c1], D[c0:c1], bias[c0:c1]
             load_state(h0, bi, c0, cb, n, h)
             load_state(dlast, bi, c0, cb, n, q)
             for ti in range(ntiles):
                 t0 = ti * tile
-                tl = min(tile, l - t0)
                 ckpt[ti, : cb * n] = h
-                discretize(
-                    us, c0, t0, xs, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb, dAb, dBub
-                )
-                recurrence(dAb, dBub, Hp, h, tl, False, True)
+                sweep_tile(
+                    us, c0, t0, xs, c0, t0, Bs, 0, t0, Ab, biasb, softplus, min(tile, l - t0),
+                    False, kept, ti, Hp, h,
+                )  # fmt: skip
             for ti in range(ntiles - 1, -1, -1):
                 t0 = ti * tile
                 t1 = min(t0 + tile, l)
                 h[:] = ckpt[ti, : cb * n]
                 load_rows(us, c0, t0, t1, ub)
-                load_rows(xs, c0, t0, t1, xb)
                 load_rows(Bs, 0, t0, t1, Bb)
                 load_rows(Cs, 0, t0, t1, Cb)
                 load_rows(dys, c0, t0, t1, dyb)
                 tile_bwd(
-                    s, sb, Ab, Db, biasb, softplus, has_D, h, q, t1 - t0, False,
+                    inputs, temps, kept, ti, Ab, Db, softplus, has_D, h, q, t1 - t0, False,
                     dA_part[bi, c0:c1], dD_part[bi, c0:c1], dbias_part[bi, c0:c1],
                 )  # fmt: skip
                 store_rows(gu, du[bi], c0, t0, t1, False)
@@ -720,6 +801,17 @@ def as_kernel_array(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     return t.detach().to(dtype).contiguous().numpy()
 
 
+_NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def partial_sums(shape: tuple[int, ...], dtype: torch.dtype) -> np.ndarray:
+    """A zeroed NumPy buffer for the kernels' partial sums, reduced afterwards with NumPy. Both
+    run on the calling thread: torch would fill and reduce these (small) buffers in parallel,
+    and on a busy machine every parallel region can wait a scheduler slice for its second
+    thread."""
+    return np.zeros(shape, _NUMPY_DTYPE[dtype])
+
+
 def time_tile(l: int) -> int:
     """Steps per tile: the configured tile, or the whole sequence when it is shorter."""
     return max(1, min(active().time_tile, l))
@@ -735,11 +827,11 @@ def _kernel_args(u, delta, A, B, C, D, delta_bias, initial_state):
     b, kd, _ = u.shape
     n = B.shape[2]
     arrays = [as_kernel_array(t, dtype) for t in (u, delta, A, B, C)]
-    zeros = torch.zeros(kd, dtype=dtype).numpy()
+    zeros = partial_sums((kd,), dtype)
     D_ = zeros if D is None else as_kernel_array(D, dtype)
     bias_ = zeros if delta_bias is None else as_kernel_array(delta_bias, dtype)
     h0 = (
-        torch.zeros(b, kd, n, dtype=dtype).numpy()
+        partial_sums((b, kd, n), dtype)
         if initial_state is None
         else as_kernel_array(initial_state, dtype)
     )
@@ -767,7 +859,7 @@ def selective_scan_fwd_cpu(
     y = torch.empty(b, kd, l, dtype=dtype)  # (b, k*d, l)
     h_last = torch.empty(b, kd, n, dtype=dtype)  # (b, k*d, n)
     block, tile = channel_block(n), time_tile(l)
-    work = workspace(block, n, tile, 0, dtype)  # (threads, S)
+    work = workspace(block, n, tile, dtype)  # (threads, S)
     with threads_for(u.numel()):
         _selective_scan_fwd_kernel(
             *args, bool(delta_softplus), D is not None, block, tile, work, y.numpy(), h_last.numpy()
@@ -801,38 +893,34 @@ def selective_scan_bwd_cpu(
     if dlast is not None and tuple(dlast.shape) != (b, kd, n):
         raise ValueError(f"{fn}: `dlast` must have shape {(b, kd, n)}, got {tuple(dlast.shape)}")
     dy_ = as_kernel_array(dy, dtype)
-    dlast_ = (
-        torch.zeros(b, kd, n, dtype=dtype).numpy()
-        if dlast is None
-        else as_kernel_array(dlast, dtype)
-    )
+    dlast_ = partial_sums((b, kd, n), dtype) if dlast is None else as_kernel_array(dlast, dtype)
     config = active()
     block = channel_block(n)
     groups = min((d + block - 1) // block, config.reduction_groups)
     du = torch.empty(b, kd, l, dtype=dtype)  # (b, k*d, l)
     ddelta = torch.empty(b, kd, l, dtype=dtype)  # (b, k*d, l)
-    dA_part = torch.zeros(b, kd, n, dtype=dtype)  # (b, k*d, n)
-    dB_part = torch.zeros(b, k, groups, n, l, dtype=dtype)  # (b, k, groups, n, l)
-    dC_part = torch.zeros(b, k, groups, n, l, dtype=dtype)  # (b, k, groups, n, l)
-    dD_part = torch.zeros(b, kd, dtype=dtype)  # (b, k*d)
-    dbias_part = torch.zeros(b, kd, dtype=dtype)  # (b, k*d)
+    dA_part = partial_sums((b, kd, n), dtype)  # (b, k*d, n)
+    dB_part = partial_sums((b, k, groups, n, l), dtype)  # (b, k, groups, n, l)
+    dC_part = partial_sums((b, k, groups, n, l), dtype)  # (b, k, groups, n, l)
+    dD_part = partial_sums((b, kd), dtype)  # (b, k*d)
+    dbias_part = partial_sums((b, kd), dtype)  # (b, k*d)
     dh0 = torch.empty(b, kd, n, dtype=dtype)  # (b, k*d, n)
     tile = time_tile(l)
-    work = workspace(block, n, tile, (l + tile - 1) // tile, dtype)  # (threads, S)
+    work = workspace(block, n, tile, dtype, backward_tiles=(l + tile - 1) // tile)
     with threads_for(u.numel()):
         _selective_scan_bwd_kernel(
             *args, dy_, dlast_, bool(delta_softplus), D is not None, block, tile, groups, work,
-            du.numpy(), ddelta.numpy(), dA_part.numpy(), dB_part.numpy(), dC_part.numpy(),
-            dD_part.numpy(), dbias_part.numpy(), dh0.numpy(),
+            du.numpy(), ddelta.numpy(), dA_part, dB_part, dC_part, dD_part, dbias_part,
+            dh0.numpy(),
         )  # fmt: skip
     grads = (
         du,
         ddelta,
-        dA_part.sum(0),  # (k*d, n)
-        dB_part.sum(2),  # (b, k, n, l)
-        dC_part.sum(2),  # (b, k, n, l)
-        dD_part.sum(0),  # (k*d,)
-        dbias_part.sum(0),  # (k*d,)
+        torch.from_numpy(dA_part.sum(0)),  # (k*d, n)
+        torch.from_numpy(dB_part.sum(2)),  # (b, k, n, l)
+        torch.from_numpy(dC_part.sum(2)),  # (b, k, n, l)
+        torch.from_numpy(dD_part.sum(0)),  # (k*d,)
+        torch.from_numpy(dbias_part.sum(0)),  # (k*d,)
         dh0,
     )
     like = (u, delta, A, B, C, D, delta_bias, initial_state)

@@ -53,10 +53,11 @@ from vmamba_fast.numba.selective_scan import (
     discretize,
     fwd_scratch,
     load_rows,
+    partial_sums,
     readout,
     recurrence,
     store_rows,
-    take,
+    sweep_tile,
     tile_bwd,
     time_tile,
     workspace,
@@ -163,8 +164,7 @@ def _ss2d_core_fwd_kernel(x, delta, A, B, C, D, bias, softplus, has_D, block, ti
         c1 = min(c0 + block, d)
         cb = c1 - c0
         ws = work[numba.get_thread_id()]  # (S,)
-        (ub, xb, yb, Bb, Cb, dtb, _, dAb, dBub, H), o = fwd_scratch(ws, cb, n, T)
-        hs = take(ws, o, 1, cb * n)[0][0, : cb * n]  # (cb*n,)
+        (ub, xb, yb, Bb, Cb, dtb, dAb, dBub, H), hs = fwd_scratch(ws, cb, n, T)
         xs, ys = x[bi], y[bi]  # (d, l)
         for route in range(4):
             p0 = route * d + c0
@@ -179,15 +179,17 @@ def _ss2d_core_fwd_kernel(x, delta, A, B, C, D, bias, softplus, has_D, block, ti
                     load_band(Bs, 0, h, w, t0, size, Bb)
                     load_band(Cs, 0, h, w, t0, size, Cb)
                     discretize(
-                        ub, 0, 0, xb, 0, 0, Bb, 0, 0, Ab, biasb, softplus, tl, dtb, dAb, dBub
-                    )
+                        ub, 0, 0, xb, 0, 0, Bb, 0, 0, Ab, biasb, softplus, tl, dtb, dAb, dBub,
+                        dtb, False,
+                    )  # fmt: skip
                     recurrence(dAb, dBub, H, hs, tl, reverse, True)
                     readout(ub, 0, 0, Cb, 0, 0, H, Db, has_D, tl, yb, 0, 0, False)
                     store_band(yb, ys, c0, h, w, t0, size, True)
                 else:  # a run of row-major positions: read and accumulate in place
                     discretize(
-                        xs, c0, t0, ds, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb, dAb, dBub
-                    )
+                        xs, c0, t0, ds, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb, dAb,
+                        dBub, dtb, False,
+                    )  # fmt: skip
                     recurrence(dAb, dBub, H, hs, tl, reverse, True)
                     readout(xs, c0, t0, Cs, 0, t0, H, Db, has_D, tl, ys, c0, t0, route > 0)
 
@@ -223,10 +225,9 @@ def _ss2d_core_bwd_kernel(
             c0 = blk * block
             c1 = min(c0 + block, d)
             cb = c1 - c0
-            s, o = fwd_scratch(ws, cb, n, T)
-            ub, xb, yb, Bb, Cb, dtb, _, dAb, dBub, Hp = s
-            sb, ckpt, hs, q = bwd_scratch(ws, o, cb, n, T, nckpt)
-            dyb, gu, gdt, dBb, dCb, G = sb
+            inputs, temps, kept, ckpt, hs, q = bwd_scratch(ws, cb, n, T, nckpt)
+            ub, xb, dyb, Bb, Cb = inputs
+            dub, Hp, G, gu, gdt, dBb, dCb = temps
             for route in range(4):
                 p0 = route * d + c0
                 Ab, Db, biasb = A[p0 : p0 + cb], D[p0 : p0 + cb], bias[p0 : p0 + cb]
@@ -241,33 +242,31 @@ def _ss2d_core_bwd_kernel(
                         load_band(xs, c0, h, w, start, size, ub)
                         load_band(ds, c0, h, w, start, size, xb)
                         load_band(Bs, 0, h, w, start, size, Bb)
-                        discretize(
-                            ub, 0, 0, xb, 0, 0, Bb, 0, 0, Ab, biasb, softplus, tl, dtb, dAb, dBub
-                        )
-                    else:
-                        discretize(
-                            xs, c0, start, ds, c0, start, Bs, 0, start, Ab, biasb, softplus, tl,
-                            dtb, dAb, dBub,
+                        sweep_tile(
+                            ub, 0, 0, xb, 0, 0, Bb, 0, 0, Ab, biasb, softplus, tl, reverse, kept,
+                            i, Hp, hs,
                         )  # fmt: skip
-                    recurrence(dAb, dBub, Hp, hs, tl, reverse, True)
+                    else:
+                        sweep_tile(
+                            xs, c0, start, ds, c0, start, Bs, 0, start, Ab, biasb, softplus, tl,
+                            reverse, kept, i, Hp, hs,
+                        )  # fmt: skip
                 q[:] = 0
                 for i in range(ntiles - 1, -1, -1):
                     band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
                     hs[:] = ckpt[i, : cb * n]
                     if band:
                         load_band(xs, c0, h, w, start, size, ub)
-                        load_band(ds, c0, h, w, start, size, xb)
                         load_band(Bs, 0, h, w, start, size, Bb)
                         load_band(Cs, 0, h, w, start, size, Cb)
                         load_band(dys, c0, h, w, start, size, dyb)
                     else:
                         load_rows(xs, c0, start, start + tl, ub)
-                        load_rows(ds, c0, start, start + tl, xb)
                         load_rows(Bs, 0, start, start + tl, Bb)
                         load_rows(Cs, 0, start, start + tl, Cb)
                         load_rows(dys, c0, start, start + tl, dyb)
                     tile_bwd(
-                        s, sb, Ab, Db, biasb, softplus, has_D, hs, q, tl, reverse,
+                        inputs, temps, kept, i, Ab, Db, softplus, has_D, hs, q, tl, reverse,
                         dA_part[bi, p0 : p0 + cb], dD_part[bi, p0 : p0 + cb],
                         dbias_part[bi, p0 : p0 + cb],
                     )  # fmt: skip
@@ -309,7 +308,7 @@ def _kernel_args(x, delta, A, B, C, D, delta_bias):
     b, d, h, w = x.shape
     n = B.shape[2]
     dtype = compute_dtype(x.dtype)
-    zeros = torch.zeros(ROUTES * d, dtype=dtype).numpy()
+    zeros = partial_sums((ROUTES * d,), dtype)
     return dtype, (
         as_kernel_array(x, dtype).reshape(b, d, h * w),  # (b, d, l)
         as_kernel_array(delta, dtype).reshape(b, ROUTES, d, h * w),  # (b, k, d, l)
@@ -327,7 +326,7 @@ def ss2d_core_fwd_cpu(x, delta, A, B, C, D, delta_bias, delta_softplus):
     dtype, args = _kernel_args(x, delta, A, B, C, D, delta_bias)
     y = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
     block, tile = channel_block(n), time_tile(h * w)
-    work = workspace(block, n, core_tiles(h, w, tile)[1], 0, dtype)  # (threads, S)
+    work = workspace(block, n, core_tiles(h, w, tile)[1], dtype)  # (threads, S)
     with threads_for(4 * x.numel()):
         _ss2d_core_fwd_kernel(
             *args, bool(delta_softplus), D is not None, block, tile, h, w, work,
@@ -352,30 +351,30 @@ def ss2d_core_bwd_cpu(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
     groups = min((d + block - 1) // block, config.reduction_groups)
     dx = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
     ddelta = torch.empty(b, ROUTES, d, h, w, dtype=dtype)  # (b, k, d, h, w)
-    dA_part = torch.zeros(b, ROUTES * d, n, dtype=dtype)  # (b, k*d, n)
-    dB_part = torch.zeros(b, groups, ROUTES, n, h, w, dtype=dtype)  # (b, groups, k, n, h, w)
-    dC_part = torch.zeros(b, groups, ROUTES, n, h, w, dtype=dtype)  # (b, groups, k, n, h, w)
-    dD_part = torch.zeros(b, ROUTES * d, dtype=dtype)  # (b, k*d)
-    dbias_part = torch.zeros(b, ROUTES * d, dtype=dtype)  # (b, k*d)
+    dA_part = partial_sums((b, ROUTES * d, n), dtype)  # (b, k*d, n)
+    dB_part = partial_sums((b, groups, ROUTES, n, h, w), dtype)  # (b, groups, k, n, h, w)
+    dC_part = partial_sums((b, groups, ROUTES, n, h, w), dtype)  # (b, groups, k, n, h, w)
+    dD_part = partial_sums((b, ROUTES * d), dtype)  # (b, k*d)
+    dbias_part = partial_sums((b, ROUTES * d), dtype)  # (b, k*d)
     tile = time_tile(l)
     _, T, nckpt = core_tiles(h, w, tile)
-    work = workspace(block, n, T, nckpt, dtype)  # (threads, S)
+    work = workspace(block, n, T, dtype, backward_tiles=nckpt)  # (threads, S)
     with threads_for(4 * x.numel()):
         _ss2d_core_bwd_kernel(
             *args, as_kernel_array(dy, dtype).reshape(b, d, l), bool(delta_softplus), D is not None,
             block, tile, groups, h, w, work,
-            dx.numpy().reshape(b, d, l), ddelta.numpy().reshape(b, ROUTES, d, l), dA_part.numpy(),
-            dB_part.numpy().reshape(b, groups, ROUTES, n, l),
-            dC_part.numpy().reshape(b, groups, ROUTES, n, l), dD_part.numpy(), dbias_part.numpy(),
+            dx.numpy().reshape(b, d, l), ddelta.numpy().reshape(b, ROUTES, d, l), dA_part,
+            dB_part.reshape(b, groups, ROUTES, n, l), dC_part.reshape(b, groups, ROUTES, n, l),
+            dD_part, dbias_part,
         )  # fmt: skip
     grads = (
         dx,
         ddelta,
-        dA_part.sum(0),  # (k*d, n)
-        dB_part.sum(1),  # (b, k, n, h, w)
-        dC_part.sum(1),  # (b, k, n, h, w)
-        dD_part.sum(0),  # (k*d,)
-        dbias_part.sum(0),  # (k*d,)
+        torch.from_numpy(dA_part.sum(0)),  # (k*d, n)
+        torch.from_numpy(dB_part.sum(1)),  # (b, k, n, h, w)
+        torch.from_numpy(dC_part.sum(1)),  # (b, k, n, h, w)
+        torch.from_numpy(dD_part.sum(0)),  # (k*d,)
+        torch.from_numpy(dbias_part.sum(0)),  # (k*d,)
     )
     like = (x, delta, A, B, C, D, delta_bias)
     return tuple(g if t is None else g.to(t.dtype) for g, t in zip(grads, like, strict=True))
