@@ -418,11 +418,19 @@ def core_table(quick: bool) -> dict:
         for backward in (False, True):
             grid, routes = core_inputs(s, h, w, backward)
             repeats = 2 if quick else 7
-            leaves = [t for t in (*grid.values(), *routes.values()) if t.requires_grad]
+            fused_leaves = [t for t in grid.values() if t.requires_grad]
+            separate_leaves = [
+                t for k, t in grid.items() if t.requires_grad and k not in routes
+            ] + [t for t in routes.values() if t.requires_grad]
             times = {
-                "fused": time_pass(lambda g=grid: ops.ss2d_core(**g), backward, repeats, leaves),
+                "fused": time_pass(
+                    lambda g=grid: ops.ss2d_core(**g), backward, repeats, fused_leaves
+                ),
                 "separate": time_pass(
-                    lambda g=grid, r=routes: separate_core(ops, g, r), backward, repeats, leaves
+                    lambda g=grid, r=routes: separate_core(ops, g, r),
+                    backward,
+                    repeats,
+                    separate_leaves,
                 ),
             }
             label = "fwd+bwd" if backward else "fwd"

@@ -271,22 +271,20 @@ def bwd_scratch(ws, cb, n, T, ntiles):
     """Scratch of a backward pass over ntiles tiles, carved from ws (rows of T + ROW_PAD):
 
     - the tile's inputs, copied: ub, xb, dyb (cb, T): u, delta, dy; Bb, Cb (n, T): B, C;
-    - its temporaries (temps): dub (cb, T): dt*u; Hp, G (cb*n, T): h_{t-1} and the adjoint g; gu, gdt
-      (cb, T): du, ddelta; dBb, dCb (n, T): dB, dC summed over the block;
-    - what the forward sweep keeps for every tile, so that the backward computes no
-      transcendental twice: dts, sgs (ntiles, cb, T): dt and sigmoid(delta + bias);
-      dAs, dBus (ntiles, cb*n, T): dA and dBu;
-    - ckpt (ntiles, cb*n): the state at each tile start; h, q (cb*n,): state and adjoint carry.
+    - its temporaries: G (cb*n, T): the adjoint states g; gu, gdt (cb, T): du, ddelta;
+      dBb, dCb (n, T): dB, dC summed over the block;
+    - what the forward sweep keeps for every tile, so that the backward recomputes nothing:
+      dts, sgs (ntiles, cb, T): dt and sigmoid(delta + bias); dAs, dBus, Hs (ntiles, cb*n, T):
+      dA, dBu and the state before each step, h_{t-1};
+    - h, q (cb*n,): the carried state and adjoint.
 
-    Memory: about (2*cb + 2*cb*n) * l numbers per thread, O(threads * chains * l), never a
+    Memory: about (2*cb + 3*cb*n) * l numbers per thread, O(threads * chains * l), never a
     (b, k*d, l, n) tensor."""
     ub, o = take(ws, 0, cb, T)
     xb, o = take(ws, o, cb, T)
     dyb, o = take(ws, o, cb, T)
     Bb, o = take(ws, o, n, T)
     Cb, o = take(ws, o, n, T)
-    dub, o = take(ws, o, cb, T)
-    Hp, o = take(ws, o, cb * n, T)
     G, o = take(ws, o, cb * n, T)
     gu, o = take(ws, o, cb, T)
     gdt, o = take(ws, o, cb, T)
@@ -296,13 +294,13 @@ def bwd_scratch(ws, cb, n, T, ntiles):
     sgs, o = take3(ws, o, ntiles, cb, T)
     dAs, o = take3(ws, o, ntiles, cb * n, T)
     dBus, o = take3(ws, o, ntiles, cb * n, T)
-    ckpt, o = take(ws, o, ntiles, cb * n)
+    Hs, o = take3(ws, o, ntiles, cb * n, T)
     h, o = take(ws, o, 1, cb * n)
     q, o = take(ws, o, 1, cb * n)
     inputs = (ub, xb, dyb, Bb, Cb)
-    temps = (dub, Hp, G, gu, gdt, dBb, dCb)
-    kept = (dts, sgs, dAs, dBus)
-    return inputs, temps, kept, ckpt, h[0, : cb * n], q[0, : cb * n]
+    temps = (G, gu, gdt, dBb, dCb)
+    kept = (dts, sgs, dAs, dBus, Hs)
+    return inputs, temps, kept, h[0, : cb * n], q[0, : cb * n]
 
 
 @njit(**JIT)
@@ -330,8 +328,8 @@ def workspace(
     if backward_tiles is None:
         size = (4 * cb + 2 * n + 3 * cbn) * (T + pad) + (cbn + pad)
     else:
-        rows = 6 * cb + 4 * n + 2 * cbn + backward_tiles * (2 * cb + 2 * cbn)
-        size = rows * (T + pad) + (backward_tiles + 2) * (cbn + pad)
+        rows = 5 * cb + 4 * n + cbn + backward_tiles * (2 * cb + 3 * cbn)
+        size = rows * (T + pad) + 2 * (cbn + pad)
     return torch.empty(numba.config.NUMBA_NUM_THREADS, size, dtype=dtype).numpy()
 
 
@@ -481,11 +479,14 @@ def readout(u, ur, uc, C, Cr, Cc, H, D, has_D, tl, y, yr, yc, accumulate):
 
 @njit(**JIT)
 def adjoint(G, dAb, q, tl, reverse):
-    """Equation (4), against the route's direction, for the R chains of a tile.
+    """Equation (4), against the route's direction, for the R = cb*n chains of a tile:
+    g_t = dy_t C_t + q, q <- dA_t g_t, where q carries dA_{t+1} g_{t+1}.
 
-    G (R, T) holds dy_t C_tn on entry and g_tn on exit; q (R,) carries dA_{t+1} g_{t+1} in from
-    the tile after and dA_{t0} g_{t0} out (after a route's first step: d initial_state).
-    `reverse` as in `recurrence`: the adjoint then walks the scratch forwards.
+    G (R, T) holds dy_t C_tn on entry and g_tn on exit; dAb (R, T); q (R,) comes in from the
+    tile after and leaves as dA_{t0} g_{t0} (after a route's first step: d initial_state).
+    `reverse` as in `recurrence`: the adjoint then walks the scratch forwards. Four chains per
+    iteration, as in `recurrence` (reading dy and C here instead of G measured slower: five
+    streams per chain spill registers).
     """
     R = q.shape[0]
     for r in range(0, R, 4):
@@ -501,10 +502,7 @@ def adjoint(G, dAb, q, tl, reverse):
                 v1 = g1[tt] + q1
                 v2 = g2[tt] + q2
                 v3 = g3[tt] + q3
-                g0[tt] = v0
-                g1[tt] = v1
-                g2[tt] = v2
-                g3[tt] = v3
+                g0[tt], g1[tt], g2[tt], g3[tt] = v0, v1, v2, v3
                 q0 = a0[tt] * v0
                 q1 = a1[tt] * v1
                 q2 = a2[tt] * v2
@@ -515,10 +513,7 @@ def adjoint(G, dAb, q, tl, reverse):
                 v1 = g1[tt] + q1
                 v2 = g2[tt] + q2
                 v3 = g3[tt] + q3
-                g0[tt] = v0
-                g1[tt] = v1
-                g2[tt] = v2
-                g3[tt] = v3
+                g0[tt], g1[tt], g2[tt], g3[tt] = v0, v1, v2, v3
                 q0 = a0[tt] * v0
                 q1 = a1[tt] * v1
                 q2 = a2[tt] * v2
@@ -528,7 +523,7 @@ def adjoint(G, dAb, q, tl, reverse):
 
 @njit(**JIT)
 def gradients(
-    inputs, temps, dtb, sgb, dAb, dBub, A, D, softplus, has_D, tl, dA_acc, dD_acc, dbias_acc
+    inputs, temps, dtb, sgb, dAb, dBub, Hp, A, D, softplus, has_D, tl, dA_acc, dD_acc, dbias_acc
 ):
     """Gradients of one tile from its states h_{t-1} (Hp) and adjoint states g (G), SIMD along
     the tile. With h_t = dA_t h_{t-1} + dBu_t and j running over the block's channels:
@@ -540,12 +535,12 @@ def gradients(
         dA_n    += sum_t g_tn dA_tn h_{t-1,n} dt_t
         dD      += sum_t dy_t u_t                dbias += sum_t ddelta_t
 
-    inputs, temps: `bwd_scratch`'s (ub, dyb, Bb; dub, Hp, G filled); dtb, sgb (cb, T) and
-    dAb, dBub (cb*n, T): the tile's kept discretization. Writes gu, gdt (cb, T) (du, ddelta)
-    and dBb, dCb (n, T); adds into dA_acc (cb, n), dD_acc and dbias_acc (cb,).
+    inputs, temps: `bwd_scratch`'s (ub, dyb, Bb and G filled); dtb, sgb (cb, T), dAb, dBub,
+    Hp (cb*n, T): the tile's kept discretization and states. Writes gu, gdt (cb, T) (du,
+    ddelta) and dBb, dCb (n, T); adds into dA_acc (cb, n), dD_acc and dbias_acc (cb,).
     """
     ub, xb, dyb, Bb, Cb = inputs
-    dub, Hp, G, gu, gdt, dBb, dCb = temps
+    G, gu, gdt, dBb, dCb = temps
     cb = dtb.shape[0]
     n = Bb.shape[0]
     z = zero_of(ub)
@@ -559,7 +554,6 @@ def gradients(
         uj = ub[j]
         dyj = dyb[j]
         dtj = dtb[j]
-        duj = dub[j]
         guj = gu[j]
         gdtj = gdt[j]
         Dj = D[j] if has_D else z
@@ -579,7 +573,7 @@ def gradients(
             for tt in range(tl):
                 dCm[tt] += dyj[tt] * (a[tt] * hp[tt] + bu[tt])
             for tt in range(tl):
-                dBm[tt] += g[tt] * duj[tt]
+                dBm[tt] += g[tt] * dtj[tt] * uj[tt]
             for tt in range(tl):
                 guj[tt] += g[tt] * dtj[tt] * Bm[tt]
             sA = z
@@ -588,52 +582,49 @@ def gradients(
                 gdtj[tt] += w * Ajm + g[tt] * Bm[tt] * uj[tt]
                 sA += w * dtj[tt]
             dA_acc[j, m] += sA
+        sbias = z
+        sD = z
         if softplus:
             sgj = sgb[j]
             for tt in range(tl):
-                gdtj[tt] = gdtj[tt] * sgj[tt]
-        sbias = z
-        sD = z
-        for tt in range(tl):
-            sbias += gdtj[tt]
-            sD += dyj[tt] * uj[tt]
+                v = gdtj[tt] * sgj[tt]
+                gdtj[tt] = v
+                sbias += v
+                sD += dyj[tt] * uj[tt]
+        else:
+            for tt in range(tl):
+                sbias += gdtj[tt]
+                sD += dyj[tt] * uj[tt]
         dbias_acc[j] += sbias
         dD_acc[j] += sD
 
 
 @njit(**JIT)
-def sweep_tile(u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, reverse, kept, ti, Hp, h):
-    """The backward's forward sweep over tile ti: discretize into the kept arrays of tile ti
-    (`bwd_scratch`) and advance the state h (cb*n,) over the tile. Sources as `discretize`."""
-    dts, sgs, dAs, dBus = kept
+def sweep_tile(u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, reverse, kept, ti, h):
+    """The backward's forward sweep over tile ti: discretize into tile ti's kept arrays
+    (`bwd_scratch`), and advance the state h (cb*n,) over the tile, keeping h_{t-1} at every
+    step. Sources as `discretize`."""
+    dts, sgs, dAs, dBus, Hs = kept
     discretize(
         u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, dts[ti], dAs[ti], dBus[ti],
         sgs[ti], True,
     )  # fmt: skip
-    recurrence(dAs[ti], dBus[ti], Hp, h, tl, reverse, True)
+    recurrence(dAs[ti], dBus[ti], Hs[ti], h, tl, reverse, False)
 
 
 @njit(**JIT)
 def tile_bwd(
-    inputs, temps, kept, ti, A, D, softplus, has_D, h, q, tl, reverse, dA_acc, dD_acc, dbias_acc
+    inputs, temps, kept, ti, A, D, softplus, has_D, q, tl, reverse, dA_acc, dD_acc, dbias_acc
 ):
     """Backward of tile ti, whose ub, dyb, Bb, Cb (inputs) the caller has filled and whose
-    discretization the sweep kept. h (cb*n,): the checkpointed state before the tile
-    (clobbered); q (cb*n,): the adjoint carry, updated to the tile's start. Writes gu, gdt,
-    dBb, dCb (temps); adds into the parameter accumulators (see `gradients`)."""
+    discretization and states the sweep kept. q (cb*n,): the adjoint carry, updated to the
+    tile's start. Writes gu, gdt, dBb, dCb (temps); adds into the parameter accumulators (see
+    `gradients`)."""
     ub, xb, dyb, Bb, Cb = inputs
-    dub, Hp, G, gu, gdt, dBb, dCb = temps
-    dts, sgs, dAs, dBus = kept
-    dtb, dAb = dts[ti], dAs[ti]
-    cb = dtb.shape[0]
+    G, gu, gdt, dBb, dCb = temps
+    dts, sgs, dAs, dBus, Hs = kept
+    cb = ub.shape[0]
     n = Bb.shape[0]
-    recurrence(dAb, dBus[ti], Hp, h, tl, reverse, False)
-    for j in range(cb):
-        dt = dtb[j]
-        du = dub[j]
-        uj = ub[j]
-        for tt in range(tl):
-            du[tt] = dt[tt] * uj[tt]
     for j in range(cb):
         dyj = dyb[j]
         for m in range(n):
@@ -641,10 +632,10 @@ def tile_bwd(
             Cm = Cb[m]
             for tt in range(tl):
                 g[tt] = dyj[tt] * Cm[tt]
-    adjoint(G, dAb, q, tl, reverse)
+    adjoint(G, dAs[ti], q, tl, reverse)
     gradients(
-        inputs, temps, dtb, sgs[ti], dAb, dBus[ti], A, D, softplus, has_D, tl, dA_acc, dD_acc,
-        dbias_acc,
+        inputs, temps, dts[ti], sgs[ti], dAs[ti], dBus[ti], Hs[ti], A, D, softplus, has_D, tl,
+        dA_acc, dD_acc, dbias_acc,
     )  # fmt: skip
 
 
@@ -746,29 +737,27 @@ def _selective_scan_bwd_kernel(
             c0 = ki * d + blk * block
             c1 = min(c0 + block, (ki + 1) * d)
             cb = c1 - c0
-            inputs, temps, kept, ckpt, h, q = bwd_scratch(ws, cb, n, tile, ntiles)
+            inputs, temps, kept, h, q = bwd_scratch(ws, cb, n, tile, ntiles)
             ub, xb, dyb, Bb, Cb = inputs
-            dub, Hp, G, gu, gdt, dBb, dCb = temps
+            G, gu, gdt, dBb, dCb = temps
             Ab, Db, biasb = A[c0:c1], D[c0:c1], bias[c0:c1]
             load_state(h0, bi, c0, cb, n, h)
             load_state(dlast, bi, c0, cb, n, q)
             for ti in range(ntiles):
                 t0 = ti * tile
-                ckpt[ti, : cb * n] = h
                 sweep_tile(
                     us, c0, t0, xs, c0, t0, Bs, 0, t0, Ab, biasb, softplus, min(tile, l - t0),
-                    False, kept, ti, Hp, h,
+                    False, kept, ti, h,
                 )  # fmt: skip
             for ti in range(ntiles - 1, -1, -1):
                 t0 = ti * tile
                 t1 = min(t0 + tile, l)
-                h[:] = ckpt[ti, : cb * n]
                 load_rows(us, c0, t0, t1, ub)
                 load_rows(Bs, 0, t0, t1, Bb)
                 load_rows(Cs, 0, t0, t1, Cb)
                 load_rows(dys, c0, t0, t1, dyb)
                 tile_bwd(
-                    inputs, temps, kept, ti, Ab, Db, softplus, has_D, h, q, t1 - t0, False,
+                    inputs, temps, kept, ti, Ab, Db, softplus, has_D, q, t1 - t0, False,
                     dA_part[bi, c0:c1], dD_part[bi, c0:c1], dbias_part[bi, c0:c1],
                 )  # fmt: skip
                 store_rows(gu, du[bi], c0, t0, t1, False)

@@ -225,9 +225,9 @@ def _ss2d_core_bwd_kernel(
             c0 = blk * block
             c1 = min(c0 + block, d)
             cb = c1 - c0
-            inputs, temps, kept, ckpt, hs, q = bwd_scratch(ws, cb, n, T, nckpt)
+            inputs, temps, kept, hs, q = bwd_scratch(ws, cb, n, T, nckpt)
             ub, xb, dyb, Bb, Cb = inputs
-            dub, Hp, G, gu, gdt, dBb, dCb = temps
+            G, gu, gdt, dBb, dCb = temps
             for route in range(4):
                 p0 = route * d + c0
                 Ab, Db, biasb = A[p0 : p0 + cb], D[p0 : p0 + cb], bias[p0 : p0 + cb]
@@ -237,24 +237,22 @@ def _ss2d_core_bwd_kernel(
                 hs[:] = 0
                 for i in range(ntiles):
                     band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
-                    ckpt[i, : cb * n] = hs
                     if band:
                         load_band(xs, c0, h, w, start, size, ub)
                         load_band(ds, c0, h, w, start, size, xb)
                         load_band(Bs, 0, h, w, start, size, Bb)
                         sweep_tile(
                             ub, 0, 0, xb, 0, 0, Bb, 0, 0, Ab, biasb, softplus, tl, reverse, kept,
-                            i, Hp, hs,
+                            i, hs,
                         )  # fmt: skip
                     else:
                         sweep_tile(
                             xs, c0, start, ds, c0, start, Bs, 0, start, Ab, biasb, softplus, tl,
-                            reverse, kept, i, Hp, hs,
+                            reverse, kept, i, hs,
                         )  # fmt: skip
                 q[:] = 0
                 for i in range(ntiles - 1, -1, -1):
                     band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
-                    hs[:] = ckpt[i, : cb * n]
                     if band:
                         load_band(xs, c0, h, w, start, size, ub)
                         load_band(Bs, 0, h, w, start, size, Bb)
@@ -266,7 +264,7 @@ def _ss2d_core_bwd_kernel(
                         load_rows(Cs, 0, start, start + tl, Cb)
                         load_rows(dys, c0, start, start + tl, dyb)
                     tile_bwd(
-                        inputs, temps, kept, i, Ab, Db, softplus, has_D, hs, q, tl, reverse,
+                        inputs, temps, kept, i, Ab, Db, softplus, has_D, q, tl, reverse,
                         dA_part[bi, p0 : p0 + cb], dD_part[bi, p0 : p0 + cb],
                         dbias_part[bi, p0 : p0 + cb],
                     )  # fmt: skip
