@@ -9,29 +9,40 @@ Same function, signature, layouts and dtype rule as `vmamba_ref.selective_scan`,
     (3)  y_t   = sum_n C_tn h_tn + D u_t
 
 Kernel design. The outer, parallel loop (`prange`) runs over work items (batch bi, route ki,
-block of channels c0:c1 of that route): every item owns its outputs, so results do not depend on
-the thread count. An item walks time in tiles of `config.time_tile` steps; each tile has three
-phases, chosen so that everything expensive runs in SIMD over contiguous memory:
+block of channels c0:c1 of that route): every item owns its outputs, and sums shared by items
+(dB, dC) go to a fixed number of partial buffers, so results do not depend on the thread count.
+An item walks time in tiles of `config.time_tile` steps; each tile has three phases, chosen so
+that everything expensive runs in SIMD over contiguous memory:
 
-    phase 1, `discretize`  (1a, 1b) copy the tile into contiguous scratch, then softplus and
-                           exp along time: one vector lane per time step
-    phase 2, `recurrence`  (2) the only sequential part: cb*n independent chains advanced
-                           together, so their FMA latencies overlap
+    phase 1, `discretize`  (1a, 1b) softplus and exp along time, reading the tile's rows in
+                           place: one vector lane per time step
+    phase 2, `recurrence`  (2) the only sequential part: cb*n >= 16 independent chains
+                           advanced together, so that their FMA latencies overlap
     phase 3, `readout`     (3) along time again, SIMD
 
-The backward pass recomputes instead of storing: a first sweep keeps the state at each tile
-start (cb*n numbers per tile), then tiles are revisited last to first, each recomputing its
-states from the checkpoint and running the adjoint recurrence
+Each thread carves its scratch out of a per-call workspace (`workspace`): the kernels allocate
+nothing themselves.
+
+The backward pass recomputes rather than storing anything across the two operators: a forward
+sweep over the item's tiles keeps, per tile, dt, sigmoid(delta + bias), dA, dBu and h_{t-1}
+(O(chains * l) numbers per thread), then the tiles run last to first through the adjoint
+recurrence
 
     (4)  g_tn = dy_t C_tn + dA_{t+1,n} g_{t+1,n}       g at t = l-1 starts from d(last state)
 
-from which every gradient is a sum of products along time (see `_scan_tile_bwd`). Memory stays
-O(b*k*d*l): no (b, k*d, l, n) tensor is ever allocated.
+from which every gradient is a sum of products along time (`gradients`). Memory stays
+O(b*k*d*l): no (b, k*d, l, n) tensor is ever allocated, and every transcendental is evaluated
+once per pass.
 
-Arithmetic: float32 inputs run in float32 with a polynomial `exp` and an `atanh`-series `log1p`
-that LLVM vectorizes (libm's scalar `expf` is 10x slower in a loop); float64 inputs run in float64
-with libm, to match the reference to 1e-9. float16/bfloat16 inputs are converted to float32
-before the kernel (Numba has no bfloat16), as the reference does.
+Measured costs, in units of one vectorized exp per element (the compute floor is 2 + n:
+softplus's exp and log1p, and n exps for dA): forward about 5 for n = 1 on cached data
+(discretize 3.1, recurrence 1.05, readout 0.7), backward about 11. benchmarks/bench_cpu.py
+measures both against the machine's floors.
+
+Arithmetic: float32 inputs run in float32 with a polynomial `exp` and `log1p` that LLVM
+vectorizes (libm's scalar `expf` is 10x slower in a loop); float64 inputs run in float64 with
+libm, to match the reference to 1e-9. float16/bfloat16 inputs are converted to float32 before
+the kernel (Numba has no bfloat16), as the reference does.
 
 Official implementation: `selective_scan_fwd/bwd` in VMamba's `csms6s` CUDA kernels (which keep
 chunk states in shared memory the same way). Deviations: no gate z, an initial state and the
@@ -82,7 +93,7 @@ def exp_(x):
 
 
 def log1p_(e):
-    """log(1 + e) for e in [0, 1]; float32 by a vectorizable series, float64 by libm."""
+    """log(1 + e) for e in [0, 1]; float32 by a vectorizable polynomial, float64 by libm."""
     return math.log1p(e)
 
 
@@ -707,7 +718,7 @@ def _selective_scan_bwd_kernel(
     """Backward selective scan, recomputing the states (equation (4) and `gradients`).
 
     Inputs as `_selective_scan_fwd_kernel`, plus dy (b, k*d, l) and dlast (b, k*d, n) (zeros
-    when the last state is unused); work (threads, S) scratch with ceil(l / tile) checkpoints.
+    when the last state is unused); work (threads, S) scratch for ceil(l / tile) kept tiles.
     Outputs: du, ddelta (b, k*d, l); dh0 (b, k*d, n); partial sums that the caller reduces:
     dA_part (b, k*d, n), dD_part, dbias_part (b, k*d) (summed over b), dB_part, dC_part
     (b, k, groups, n, l), zero on entry (summed over the groups).
@@ -717,8 +728,8 @@ def _selective_scan_bwd_kernel(
     into its own partial row. `groups` is fixed, not the thread count, so the sums do not
     depend on how many threads run, and the partials stay (b, k, groups, n, l): never a
     (b, k*d, l, n) tensor even when a block is one channel (n >= chains). Per block, a forward
-    sweep keeps the state at every tile start (ntiles*cb*n numbers), then the tiles run last
-    to first.
+    sweep keeps every tile's discretization and states (`sweep_tile`), then the tiles run last
+    to first (`tile_bwd`).
     """
     b, kd, l = u.shape
     k = B.shape[1]

@@ -26,9 +26,9 @@ thread count. Routes differ only in how a tile is fetched, using `selective_scan
 
 Each route's chains start from a zero state (VMamba's SS2D has no initial state).
 
-The backward pass follows the selective scan's: per route, a forward sweep keeps the state at
-each tile start, then the tiles run last to first, recomputing states and running the adjoint
-recurrence; dx sums the four routes' du in the same fixed order. B and C are shared by the d
+The backward pass follows the selective scan's: per route, a forward sweep keeps every tile's
+discretization and states, then the tiles run last to first through the adjoint recurrence;
+dx sums the four routes' du in the same fixed order. B and C are shared by the d
 channels of a route, so their gradients are summed per channel block into a partial buffer that
 the caller reduces.
 
@@ -133,7 +133,7 @@ def route_tiles(route, h, w, tile, tw):
 
 @njit(**JIT)
 def core_tiles(h, w, tile):
-    """(tw, T, nckpt): columns per band of the column-major routes, scratch length of a tile
+    """(tw, T, ntiles_max): columns per band of the column-major routes, scratch length of a tile
     (a run of `tile` positions or a band of tw*h), and the most tiles a route has."""
     tw = max(1, tile // h)
     return (
@@ -201,21 +201,21 @@ def _ss2d_core_bwd_kernel(
 ):  # fmt: skip
     """Fused SS2D core backward, recomputing the states.
 
-    Inputs as `_ss2d_core_fwd_kernel` plus dy (b, d, l); work has room for `core_tiles`
-    checkpoints. Outputs: dx (b, d, l) (route 0 writes, routes 1-3 add); ddelta (b, k, d, l);
+    Inputs as `_ss2d_core_fwd_kernel` plus dy (b, d, l); work has room for the most tiles a
+    route has (`core_tiles`). Outputs: dx (b, d, l) (route 0 writes, routes 1-3 add); ddelta (b, k, d, l);
     partial sums that the caller reduces: dA_part (b, k*d, n), dD_part, dbias_part (b, k*d)
     (over b); dB_part, dC_part (b, groups, k, n, l), zero on entry (over the groups).
 
     The prange runs over b*groups items: item -> batch bi, group g, which takes the channel
     blocks g, g+groups, ... one after the other, all four routes each, and adds their dB, dC
     into its own partial row (`groups` is fixed, so the sums do not depend on the thread count).
-    Per block and route, a forward sweep keeps the state at each tile start, then the tiles run
-    last to first.
+    Per block and route, a forward sweep keeps every tile's discretization and states, then
+    the tiles run last to first.
     """
     b, d, l = x.shape
     n = B.shape[2]
     nblk = (d + block - 1) // block
-    tw, T, nckpt = core_tiles(h, w, tile)
+    tw, T, ntiles_max = core_tiles(h, w, tile)
     for item in prange(b * groups):
         bi = item // groups
         g = item % groups
@@ -225,7 +225,7 @@ def _ss2d_core_bwd_kernel(
             c0 = blk * block
             c1 = min(c0 + block, d)
             cb = c1 - c0
-            inputs, temps, kept, hs, q = bwd_scratch(ws, cb, n, T, nckpt)
+            inputs, temps, kept, hs, q = bwd_scratch(ws, cb, n, T, ntiles_max)
             ub, xb, dyb, Bb, Cb = inputs
             G, gu, gdt, dBb, dCb = temps
             for route in range(4):
@@ -355,8 +355,8 @@ def ss2d_core_bwd_cpu(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
     dD_part = partial_sums((b, ROUTES * d), dtype)  # (b, k*d)
     dbias_part = partial_sums((b, ROUTES * d), dtype)  # (b, k*d)
     tile = time_tile(l)
-    _, T, nckpt = core_tiles(h, w, tile)
-    work = workspace(block, n, T, dtype, backward_tiles=nckpt)  # (threads, S)
+    _, T, ntiles_max = core_tiles(h, w, tile)
+    work = workspace(block, n, T, dtype, backward_tiles=ntiles_max)  # (threads, S)
     with threads_for(4 * x.numel()):
         _ss2d_core_bwd_kernel(
             *args, as_kernel_array(dy, dtype).reshape(b, d, l), bool(delta_softplus), D is not None,
