@@ -20,9 +20,13 @@ thread count. Routes differ only in how a tile is fetched, using `selective_scan
 | route | tiles (in route order)                | tile fetch                         | walk    |
 |-------|---------------------------------------|------------------------------------|---------|
 | 0     | runs of `tile` row-major positions    | read in place                      | forward |
-| 1     | bands of tw = tile // h columns       | column-major copy into scratch     | forward |
+| 1     | bands of tw = tile // h columns       | x, delta: column-major copy        | forward |
 | 2     | route 0's tiles, last to first        | read in place                      | reverse |
-| 3     | route 1's bands, last to first        | column-major copy into scratch     | reverse |
+| 3     | route 1's bands, last to first        | x, delta: column-major copy        | reverse |
+
+B and C of routes 1 and 3 are passed column-major (one copy of these small projections per
+call, `column_major_odd_routes`), so every route reads its B and C in place; without it, each
+channel block re-copied the bands of all n rows of B and C, n times the work of x at n = 16.
 
 Each route's chains start from a zero state (VMamba's SS2D has no initial state).
 
@@ -40,6 +44,7 @@ variants, which do not exist for the CPU.
 from __future__ import annotations
 
 import numba
+import numpy as np
 import torch
 from numba import njit, prange
 
@@ -144,54 +149,62 @@ def core_tiles(h, w, tile):
 
 
 @njit(**PARALLEL_JIT)
-def _ss2d_core_fwd_kernel(x, delta, A, B, C, D, bias, softplus, has_D, block, tile, h, w, work, y):
+def _ss2d_core_fwd_kernel(
+    x, delta, A, B, C, D, bias, softplus, has_D, block, per_item, tile, h, w, work, y
+):
     """Fused SS2D core forward.
 
     x, y (b, d, l) the feature map and the merged output, row-major (l = h*w); delta (b, k, d, l);
-    B, C (b, k, n, l); A (k*d, n); D, bias (k*d,); all C-contiguous, one float dtype; work
-    (threads, S) scratch (`workspace`, tiles of `core_tiles(h, w, tile)[1]`).
-    The prange runs over b*nblk items: item -> batch bi, channels c0:c1 (at most `block`);
-    the item scans routes 0-3 for its channels (parameters of route k: rows k*d + c0 ...) and
-    accumulates y[bi, c0:c1] (route 0 writes, routes 1-3 add).
+    B, C (b, k, n, l) with routes 1 and 3 column-major (`column_major_odd_routes`); A (k*d, n);
+    D, bias (k*d,); all C-contiguous, one float dtype; work (threads, S) scratch (`workspace`,
+    tiles of `core_tiles(h, w, tile)[1]`).
+
+    The prange runs over b*nitems items: item -> batch bi and `per_item` consecutive channel
+    blocks of `block` channels. Routes are the outer loop and blocks the inner one, so that a
+    route's B and C (n rows of l) stay in cache across the item's blocks (with n = 16 the four
+    routes' together overflow L2). The item accumulates y[bi, its channels]: route 0 writes,
+    routes 1-3 add, in that order for every channel.
     """
     b, d, l = x.shape
     n = B.shape[2]
     nblk = (d + block - 1) // block
+    nitems = (nblk + per_item - 1) // per_item
     tw, T, _ = core_tiles(h, w, tile)
-    for item in prange(b * nblk):
-        bi = item // nblk
-        c0 = (item % nblk) * block
-        c1 = min(c0 + block, d)
-        cb = c1 - c0
+    for item in prange(b * nitems):
+        bi = item // nitems
+        first = (item % nitems) * per_item
+        last = min(first + per_item, nblk)
         ws = work[numba.get_thread_id()]  # (S,)
-        (ub, xb, yb, Bb, Cb, dtb, dAb, dBub, H), hs = fwd_scratch(ws, cb, n, T)
         xs, ys = x[bi], y[bi]  # (d, l)
         for route in range(4):
-            p0 = route * d + c0
-            Ab, Db, biasb = A[p0 : p0 + cb], D[p0 : p0 + cb], bias[p0 : p0 + cb]
             ds, Bs, Cs = delta[bi, route], B[bi, route], C[bi, route]  # (d, l), (n, l), (n, l)
-            hs[:] = 0
-            for i in range(route_tiles(route, h, w, tile, tw)):
-                band, t0, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
-                if band:  # copy the band column-major into scratch, scan it there, add back
-                    load_band(xs, c0, h, w, t0, size, ub)
-                    load_band(ds, c0, h, w, t0, size, xb)
-                    load_band(Bs, 0, h, w, t0, size, Bb)
-                    load_band(Cs, 0, h, w, t0, size, Cb)
-                    discretize(
-                        ub, 0, 0, xb, 0, 0, Bb, 0, 0, Ab, biasb, softplus, tl, dtb, dAb, dBub,
-                        dtb, False,
-                    )  # fmt: skip
-                    recurrence(dAb, dBub, H, hs, tl, reverse, True)
-                    readout(ub, 0, 0, Cb, 0, 0, H, Db, has_D, tl, yb, 0, 0, False)
-                    store_band(yb, ys, c0, h, w, t0, size, True)
-                else:  # a run of row-major positions: read and accumulate in place
-                    discretize(
-                        xs, c0, t0, ds, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb, dAb,
-                        dBub, dtb, False,
-                    )  # fmt: skip
-                    recurrence(dAb, dBub, H, hs, tl, reverse, True)
-                    readout(xs, c0, t0, Cs, 0, t0, H, Db, has_D, tl, ys, c0, t0, route > 0)
+            for blk in range(first, last):
+                c0 = blk * block
+                cb = min(c0 + block, d) - c0
+                (ub, xb, yb, Bb, Cb, dtb, dAb, dBub, H), hs = fwd_scratch(ws, cb, n, T)
+                p0 = route * d + c0
+                Ab, Db, biasb = A[p0 : p0 + cb], D[p0 : p0 + cb], bias[p0 : p0 + cb]
+                hs[:] = 0
+                for i in range(route_tiles(route, h, w, tile, tw)):
+                    band, t0, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
+                    if band:  # copy x, delta column-major into scratch, scan there, add back
+                        load_band(xs, c0, h, w, t0, size, ub)
+                        load_band(ds, c0, h, w, t0, size, xb)
+                        p = t0 * h  # B, C of routes 1, 3 are stored column-major: read in place
+                        discretize(
+                            ub, 0, 0, xb, 0, 0, Bs, 0, p, Ab, biasb, softplus, tl, dtb, dAb,
+                            dBub, dtb, False,
+                        )  # fmt: skip
+                        recurrence(dAb, dBub, H, hs, tl, reverse, True)
+                        readout(ub, 0, 0, Cs, 0, p, H, Db, has_D, tl, yb, 0, 0, False)
+                        store_band(yb, ys, c0, h, w, t0, size, True)
+                    else:  # a run of row-major positions: read and accumulate in place
+                        discretize(
+                            xs, c0, t0, ds, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb,
+                            dAb, dBub, dtb, False,
+                        )  # fmt: skip
+                        recurrence(dAb, dBub, H, hs, tl, reverse, True)
+                        readout(xs, c0, t0, Cs, 0, t0, H, Db, has_D, tl, ys, c0, t0, route > 0)
 
 
 @njit(**PARALLEL_JIT)
@@ -207,8 +220,9 @@ def _ss2d_core_bwd_kernel(
     (over b); dB_part, dC_part (b, groups, k, n, l), zero on entry (over the groups).
 
     The prange runs over b*groups items: item -> batch bi, group g, which takes the channel
-    blocks g, g+groups, ... one after the other, all four routes each, and adds their dB, dC
-    into its own partial row (`groups` is fixed, so the sums do not depend on the thread count).
+    blocks g, g+groups, ..., route by route (routes outside blocks, so that a route's B and C
+    stay in cache), and adds their dB, dC into its own partial row (`groups` is fixed, so the
+    sums do not depend on the thread count); dx gets route 0, then 1, 2, 3 for every channel.
     Per block and route, a forward sweep keeps every tile's discretization and states, then
     the tiles run last to first.
     """
@@ -221,29 +235,27 @@ def _ss2d_core_bwd_kernel(
         g = item % groups
         xs, dys, dxs = x[bi], dy[bi], dx[bi]  # (d, l)
         ws = work[numba.get_thread_id()]  # (S,)
-        for blk in range(g, nblk, groups):
-            c0 = blk * block
-            c1 = min(c0 + block, d)
-            cb = c1 - c0
-            inputs, temps, kept, hs, q = bwd_scratch(ws, cb, n, T, ntiles_max)
-            ub, xb, dyb, Bb, Cb = inputs
-            G, gu, gdt, dBb, dCb = temps
-            for route in range(4):
+        for route in range(4):  # routes outside blocks: a route's B, C stay in cache
+            ds, Bs, Cs = delta[bi, route], B[bi, route], C[bi, route]  # (d | n, l)
+            dds, dBs, dCs = ddelta[bi, route], dB_part[bi, g, route], dC_part[bi, g, route]
+            ntiles = route_tiles(route, h, w, tile, tw)
+            for blk in range(g, nblk, groups):
+                c0 = blk * block
+                cb = min(c0 + block, d) - c0
+                inputs, temps, kept, hs, q = bwd_scratch(ws, cb, n, T, ntiles_max)
+                ub, xb, dyb, Bb, Cb = inputs
+                G, gu, gdt, dBb, dCb = temps
                 p0 = route * d + c0
                 Ab, Db, biasb = A[p0 : p0 + cb], D[p0 : p0 + cb], bias[p0 : p0 + cb]
-                ds, Bs, Cs = delta[bi, route], B[bi, route], C[bi, route]  # (d | n, l)
-                dds, dBs, dCs = ddelta[bi, route], dB_part[bi, g, route], dC_part[bi, g, route]
-                ntiles = route_tiles(route, h, w, tile, tw)
                 hs[:] = 0
                 for i in range(ntiles):
                     band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
                     if band:
                         load_band(xs, c0, h, w, start, size, ub)
                         load_band(ds, c0, h, w, start, size, xb)
-                        load_band(Bs, 0, h, w, start, size, Bb)
                         sweep_tile(
-                            ub, 0, 0, xb, 0, 0, Bb, 0, 0, Ab, biasb, softplus, tl, reverse, kept,
-                            i, hs,
+                            ub, 0, 0, xb, 0, 0, Bs, 0, start * h, Ab, biasb, softplus, tl, reverse,
+                            kept, i, hs,
                         )  # fmt: skip
                     else:
                         sweep_tile(
@@ -255,8 +267,8 @@ def _ss2d_core_bwd_kernel(
                     band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
                     if band:
                         load_band(xs, c0, h, w, start, size, ub)
-                        load_band(Bs, 0, h, w, start, size, Bb)
-                        load_band(Cs, 0, h, w, start, size, Cb)
+                        load_rows(Bs, 0, start * h, start * h + tl, Bb)
+                        load_rows(Cs, 0, start * h, start * h + tl, Cb)
                         load_band(dys, c0, h, w, start, size, dyb)
                     else:
                         load_rows(xs, c0, start, start + tl, ub)
@@ -271,8 +283,8 @@ def _ss2d_core_bwd_kernel(
                     if band:
                         store_band(gu, dxs, c0, h, w, start, size, route > 0)
                         store_band(gdt, dds, c0, h, w, start, size, False)
-                        store_band(dBb, dBs, 0, h, w, start, size, True)
-                        store_band(dCb, dCs, 0, h, w, start, size, True)
+                        store_rows(dBb, dBs, 0, start * h, start * h + tl, True)
+                        store_rows(dCb, dCs, 0, start * h, start * h + tl, True)
                     else:
                         store_rows(gu, dxs, c0, start, start + tl, route > 0)
                         store_rows(gdt, dds, c0, start, start + tl, False)
@@ -302,17 +314,37 @@ def _check(fn, x, delta, A, B, C, D, delta_bias):
     return b, d, h, w, n
 
 
+def column_major_odd_routes(t: np.ndarray) -> np.ndarray:
+    """(b, k, n, h, w) grid projections -> (b, k, n, l) with routes 0 and 2 row-major and routes
+    1 and 3 column-major, so that the kernels read every route's B and C in place.
+
+    One copy of the (small) projections, made with NumPy on the calling thread; the feature map
+    and delta stay on the grid. Its inverse is `row_major_odd_routes`.
+    """
+    b, k, n, h, w = t.shape
+    out = t.reshape(b, k, n, h * w).copy()  # (b, k, n, l)
+    out[:, 1::2] = t[:, 1::2].swapaxes(-1, -2).reshape(b, k // 2, n, h * w)  # (b, 2, n, w*h)
+    return out
+
+
+def row_major_odd_routes(t: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The inverse of `column_major_odd_routes`: (b, k, n, l) -> (b, k, n, h, w) on the grid."""
+    b, k, n, _ = t.shape
+    out = t.reshape(b, k, n, h, w).copy()  # (b, k, n, h, w)
+    out[:, 1::2] = t[:, 1::2].reshape(b, k // 2, n, w, h).swapaxes(-1, -2)  # (b, 2, n, h, w)
+    return out
+
+
 def _kernel_args(x, delta, A, B, C, D, delta_bias):
     b, d, h, w = x.shape
-    n = B.shape[2]
     dtype = compute_dtype(x.dtype)
     zeros = partial_sums((ROUTES * d,), dtype)
     return dtype, (
         as_kernel_array(x, dtype).reshape(b, d, h * w),  # (b, d, l)
         as_kernel_array(delta, dtype).reshape(b, ROUTES, d, h * w),  # (b, k, d, l)
         as_kernel_array(A, dtype),  # (k*d, n)
-        as_kernel_array(B, dtype).reshape(b, ROUTES, n, h * w),  # (b, k, n, l)
-        as_kernel_array(C, dtype).reshape(b, ROUTES, n, h * w),  # (b, k, n, l)
+        column_major_odd_routes(as_kernel_array(B, dtype)),  # (b, k, n, l)
+        column_major_odd_routes(as_kernel_array(C, dtype)),  # (b, k, n, l)
         zeros if D is None else as_kernel_array(D, dtype),  # (k*d,)
         zeros if delta_bias is None else as_kernel_array(delta_bias, dtype),  # (k*d,)
     )
@@ -324,10 +356,11 @@ def ss2d_core_fwd_cpu(x, delta, A, B, C, D, delta_bias, delta_softplus):
     dtype, args = _kernel_args(x, delta, A, B, C, D, delta_bias)
     y = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
     block, tile = channel_block(n), time_tile(h * w)
+    per_item = max(1, active().chains // block)  # blocks per work item: 16 channels and more
     work = workspace(block, n, core_tiles(h, w, tile)[1], dtype)  # (threads, S)
     with threads_for(4 * x.numel()):
         _ss2d_core_fwd_kernel(
-            *args, bool(delta_softplus), D is not None, block, tile, h, w, work,
+            *args, bool(delta_softplus), D is not None, block, per_item, tile, h, w, work,
             y.numpy().reshape(b, d, h * w),
         )  # fmt: skip
     return y
@@ -350,8 +383,8 @@ def ss2d_core_bwd_cpu(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
     dx = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
     ddelta = torch.empty(b, ROUTES, d, h, w, dtype=dtype)  # (b, k, d, h, w)
     dA_part = partial_sums((b, ROUTES * d, n), dtype)  # (b, k*d, n)
-    dB_part = partial_sums((b, groups, ROUTES, n, h, w), dtype)  # (b, groups, k, n, h, w)
-    dC_part = partial_sums((b, groups, ROUTES, n, h, w), dtype)  # (b, groups, k, n, h, w)
+    dB_part = partial_sums((b, groups, ROUTES, n, l), dtype)  # (b, groups, k, n, l) route order
+    dC_part = partial_sums((b, groups, ROUTES, n, l), dtype)  # (b, groups, k, n, l) route order
     dD_part = partial_sums((b, ROUTES * d), dtype)  # (b, k*d)
     dbias_part = partial_sums((b, ROUTES * d), dtype)  # (b, k*d)
     tile = time_tile(l)
@@ -362,15 +395,15 @@ def ss2d_core_bwd_cpu(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
             *args, as_kernel_array(dy, dtype).reshape(b, d, l), bool(delta_softplus), D is not None,
             block, tile, groups, h, w, work,
             dx.numpy().reshape(b, d, l), ddelta.numpy().reshape(b, ROUTES, d, l), dA_part,
-            dB_part.reshape(b, groups, ROUTES, n, l), dC_part.reshape(b, groups, ROUTES, n, l),
+            dB_part, dC_part,
             dD_part, dbias_part,
         )  # fmt: skip
     grads = (
         dx,
         ddelta,
         torch.from_numpy(dA_part.sum(0)),  # (k*d, n)
-        torch.from_numpy(dB_part.sum(1)),  # (b, k, n, h, w)
-        torch.from_numpy(dC_part.sum(1)),  # (b, k, n, h, w)
+        torch.from_numpy(row_major_odd_routes(dB_part.sum(1), h, w)),  # (b, k, n, h, w)
+        torch.from_numpy(row_major_odd_routes(dC_part.sum(1), h, w)),  # (b, k, n, h, w)
         torch.from_numpy(dD_part.sum(0)),  # (k*d,)
         torch.from_numpy(dbias_part.sum(0)),  # (k*d,)
     )
