@@ -108,5 +108,5 @@ def test_code_blocks_run(page, tmp_path, monkeypatch):
 def test_every_tutorial_page_runs_code():
     # The tutorial teaches by running code: each of its pages holds at least one block.
     tutorial = [p for p in PAGES if p.startswith("tutorial/")]
-    assert len(tutorial) == 10
+    assert tutorial
     assert all(runnable_blocks(p) for p in tutorial), [p for p in tutorial if not runnable_blocks(p)]

@@ -23,9 +23,14 @@ def to_mathml(latex: str, display: str, page: str) -> str:
     """One formula (HTML-escaped, as arithmatex writes it) as a MathML element."""
     source = html.unescape(latex).strip()
     try:
-        return convert(source, display=display)
+        mathml = convert(source, display=display)
     except Exception as error:  # latex2mathml raises several exception types for bad input
         raise ValueError(f"{page}: cannot convert the formula {source!r} to MathML: {error}") from error
+    # latex2mathml turns an alignment `&` into a symbol and `\\` into a line break that browsers
+    # ignore, so `aligned` renders as one garbled line: write one display formula per line.
+    if "<mi>&</mi>" in mathml or "<mi>&amp;</mi>" in mathml or 'linebreak="newline"' in mathml:
+        raise ValueError(f"{page}: alignments (&, \\\\) do not render as MathML; split {source!r} into separate formulas")
+    return mathml
 
 
 def on_page_content(html_text: str, page, config, files) -> str:
