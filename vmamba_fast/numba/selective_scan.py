@@ -70,6 +70,7 @@ from vmamba_ref.selective_scan import compute_dtype
 # Each is a Python stub whose Numba implementation is picked by dtype at compile time.
 # ------------------------------------------------------------------------------------------------
 
+SOFTPLUS_THRESHOLD = 20.0  # softplus(x) = x above it: torch's F.softplus and VMamba's kernels
 _LN2_HI = np.float32(0.693359375)  # ln 2 split in two (Cody-Waite): hi has few mantissa bits,
 _LN2_LO = np.float32(-2.12194440e-4)  # so z * hi is exact for |z| < 2^9
 _EXP_LO = np.float32(-87.33654)  # exp below this is under FLT_MIN: flushed to zero
@@ -171,8 +172,11 @@ def _zero_of_impl(a):
 
 
 def softplus_(x):
-    """softplus(x) = log(1 + e^x) = max(x, 0) + log1p(e^-|x|) (eq. 1a), accurate for all x:
-    the exponential is of a non-positive number, so it never overflows, and softplus(-inf) = 0."""
+    """softplus(x) = log(1 + e^x) = max(x, 0) + log1p(e^-|x|) (eq. 1a), accurate for all x, and x
+    itself above SOFTPLUS_THRESHOLD, as torch's F.softplus and VMamba's CUDA kernels do (the
+    reference's definition; in float64 the dropped e^-x is visible)."""
+    if x > SOFTPLUS_THRESHOLD:
+        return x
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
@@ -183,8 +187,9 @@ def sigmoid_(x):
 
 
 def softplus_sigmoid_(x):
-    """(softplus(x), sigmoid(x)) from one exponential: what the backward needs of delta."""
-    return softplus_(x), sigmoid_(x)
+    """(softplus(x), its derivative) from one exponential: what the backward needs of delta.
+    The derivative is sigmoid(x), and 1 above SOFTPLUS_THRESHOLD where softplus is x."""
+    return softplus_(x), (1.0 if x > SOFTPLUS_THRESHOLD else sigmoid_(x))
 
 
 def _typed(x, value):
@@ -196,10 +201,11 @@ def _typed(x, value):
 def _softplus_impl(x):
     if x not in (types.float32, types.float64):
         return None
-    zero = _typed(x, 0.0)
+    zero, threshold = _typed(x, 0.0), _typed(x, SOFTPLUS_THRESHOLD)
 
     def softplus(x):
-        return (x if x > zero else zero) + log1p_(exp_(-abs(x)))
+        sp = (x if x > zero else zero) + log1p_(exp_(-abs(x)))
+        return x if x > threshold else sp
 
     return softplus
 
@@ -209,11 +215,13 @@ def _softplus_sigmoid_impl(x):
     if x not in (types.float32, types.float64):
         return None
     zero, one = _typed(x, 0.0), _typed(x, 1.0)
+    threshold = _typed(x, SOFTPLUS_THRESHOLD)
 
     def softplus_sigmoid(x):
         e = exp_(-abs(x))
         sg = one / (one + e) if x >= zero else e / (one + e)
-        return (x if x > zero else zero) + log1p_(e), sg
+        sp = (x if x > zero else zero) + log1p_(e)
+        return (x, one) if x > threshold else (sp, sg)
 
     return softplus_sigmoid
 
