@@ -6,6 +6,7 @@ and what was found. Shape errors are `ValueError`; dtype and type errors are `Ty
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -61,13 +62,43 @@ def check_same_device(fn: str, names: Sequence[str], tensors: Sequence[torch.Ten
             )
 
 
+# Reading a GPU tensor's check waits for the GPU to finish all the work queued before it, so a
+# model that checked its parameters at every call would stall the GPU dozens of times per
+# forward pass. A parameter changes only when written in place, which bumps its version counter
+# (optimizer steps, load_state_dict and nn.init all do): off the CPU, a tensor found finite is
+# not checked again until its version changes. Writes through `.data` bypass the counter and so
+# this cache, as they bypass autograd's own checks. Keys are ids, dropped when the tensor dies.
+_found_finite: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _known_finite(x: torch.Tensor) -> bool:
+    entry = _found_finite.get(id(x))
+    return entry is not None and entry[0]() is x and entry[1] == x._version
+
+
+def _cacheable(x: torch.Tensor) -> bool:
+    """Off the CPU (on the CPU a check is cheap), and not an inference tensor (no version)."""
+    return x.device.type != "cpu" and not x.is_inference()
+
+
+def _remember_finite(x: torch.Tensor) -> None:
+    if not _cacheable(x):
+        return
+    key = id(x)
+    _found_finite[key] = (weakref.ref(x, lambda _, key=key: _found_finite.pop(key, None)), x._version)
+
+
 def check_finite(fn: str, name: str, x: torch.Tensor) -> None:
-    """`x` holds no NaN or infinity (used for parameters, whose non-finite values poison every output)."""
+    """`x` holds no NaN or infinity (used for parameters, whose non-finite values poison every
+    output). Off the CPU, an unchanged tensor already found finite is not read again."""
+    if _known_finite(x):
+        return
     if not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x)).nonzero()[0].tolist()
         raise ValueError(
             f"{fn}: `{name}` must be finite, found {x[tuple(bad)].item()} at index {tuple(bad)}"
         )
+    _remember_finite(x)
 
 
 def check_selective_scan_args(
