@@ -6,6 +6,7 @@ tests/test_triton_interpreter.py.
 """
 
 import importlib
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -150,16 +151,21 @@ def test_importing_the_backend_registers_the_cuda_kernels_of_the_vmamba_operator
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vmamba::{name}", "CPU")  # Numba's
 
 
-def test_default_tiles_are_powers_of_two_within_the_register_budget():
+@pytest.mark.parametrize("inference", [False, True])
+@pytest.mark.parametrize("route_order", [False, True])
+def test_default_tiles_are_powers_of_two_within_the_register_budget(route_order, inference):
     sel = triton_module("selective_scan")
     for d, n, l in [(96, 1, 3136), (768, 1, 49), (1, 1, 1), (5, 3, 17), (192, 16, 784)]:
-        blocks = sel.scan_blocks(d, n, l)
+        blocks = sel.scan_blocks(d, n, l, route_order, inference)
         block_n = 1 << (n - 1).bit_length()
-        for size in (blocks.block_d, blocks.block_t):
+        max_t, budget, _ = sel.tile_rule(block_n, l, route_order, inference)
+        for size in (blocks.block_d, blocks.block_t, blocks.num_warps):
             assert size >= 1 and size & (size - 1) == 0
-        assert blocks.block_t <= sel.MAX_BLOCK_T
-        budget = sel.TILE_ELEMENTS_N1 if block_n == 1 else sel.TILE_ELEMENTS
+        assert sel.MIN_BLOCK_T <= blocks.block_t <= max_t
         assert blocks.block_d * block_n * blocks.block_t <= max(budget, block_n * blocks.block_t)
+        # The backward keeps at most 4 values per thread for n = 1 and 8 for wider states.
+        per_thread = blocks.block_d * block_n * blocks.block_t // (32 * sel.bwd_warps(blocks, n))
+        assert per_thread <= (4 if block_n == 1 else 8)
 
 
 # Compiling for a GPU needs Triton's NVIDIA backend (shipped in its wheel), not a GPU. It catches
@@ -309,3 +315,25 @@ def test_model_on_the_gpu_matches_the_reference_backend():
         torch.testing.assert_close(
             p_fast.grad, p_ref.grad, rtol=grad_tol.rtol, atol=grad_tol.atol, msg=name
         )
+
+
+def tune_script():
+    spec = importlib.util.spec_from_file_location("tune_triton", ROOT / "benchmarks" / "tune_triton.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tile_sweep_times_backward_tiles_with_the_warps_it_reports():
+    """benchmarks/tune_triton.py: `bwd_warps` would raise the warps of a backward tile that
+    holds more than 4 values per thread, so the sweep offers only tiles it leaves alone."""
+    sel, tune = triton_module("selective_scan"), tune_script()
+    backward = list(tune.tiles(1, backward=True))
+    assert backward and all(sel.bwd_warps(bl, 1) == bl.num_warps for bl in backward)
+    assert set(backward) < set(tune.tiles(1, backward=False))
+
+
+@pytest.mark.skipif(CUDA, reason="checks the message given without a GPU")
+def test_the_tile_sweep_without_a_gpu_says_so():
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        tune_script().main(["--runs", "core_fwd"])

@@ -364,29 +364,68 @@ def _bwd_kernel(
 
 @dataclass(frozen=True)
 class ScanBlocks:
-    """Tile of one program: `block_d` channels x `block_t` steps (x all n states), powers of 2."""
+    """Tile of one program: `block_d` channels x `block_t` steps (x all n states), powers of 2,
+    and the warps that run the forward (the backward takes more where its tile needs them)."""
 
     block_d: int
     block_t: int
+    num_warps: int = 4
 
 
-# A program of 4 warps keeps a handful of (block_d, block_n, block_t) tiles in registers. At
-# 4 values per thread per tile (512 elements) the backward needs about 170 registers on sm_90 and
-# the forward 80; at 8 per thread with n > 1 the backward still fits in 255 without spilling
-# (ptxas resource counts of the compiled kernels).
-MIN_BLOCK_T, MAX_BLOCK_T = 16, 64  # short sequences pad to 16 steps rather than degenerate tiles
-TILE_ELEMENTS_N1 = 512
-TILE_ELEMENTS = 1024
+# A program keeps a handful of (block_d, block_n, block_t) tiles in registers. At 4 values per
+# thread per tile the backward needs about 170 registers on sm_90 and the forward 80; at 8 per
+# thread with n > 1 the backward still fits in 255 without spilling (ptxas resource counts of
+# the compiled kernels). The backward therefore runs one warp per 128 tile elements, at least
+# the tile's warps and at most 4.
+MIN_BLOCK_T = 16  # short sequences pad to 16 steps rather than degenerate tiles
+BWD_ELEMENTS_PER_WARP = 128
+# Defaults measured with benchmarks/tune_triton.py on an H100 at VMamba-T stage 1 (b=128, d=96,
+# l=56*56, n=1), float32, against the earlier 8 x 64 tile of 4 warps. A forward that stores
+# checkpoints and its backward must share a tile, so each layout has one, the best for both:
+# - plain scan: 8 x 32, 2 warps: forward 0.87 ms against 0.90 (bfloat16 0.91 against 1.00),
+#   backward 2.41 ms against 3.46 for the best long-chunk tile (4 x 128);
+# - SS2D core in route order, on maps of more than ROUTE_LONG_L pixels (stages 1, 2): 2 x 128, 4
+#   warps: forward 3.19 ms against 6.62 (bfloat16 2.76 against 5.11), backward 7.99 ms against
+#   9.78 for 2 x 256. Its column routes step w elements apart, so a 32-byte sector read at step t
+#   also holds steps t + h, t + 2h, ...: long chunks of few channels find them still in cache.
+#   On smaller maps (stages 3, 4: l = 196, 49) 8 x 32 with 4 warps is 1.04-1.14x faster than
+#   2 x 128 / 4 x 64, float32 and bfloat16, as its chunks pad fewer steps.
+# n > 1 keeps the earlier tile (budget 1024, up to 64 steps, 4 warps).
+TILE_N1 = (32, 256, 2)  # (max block_t, budget, warps)
+# A plain forward that stores no checkpoints (inference) is free to take its own tile: 4 x 128,
+# 2 warps, 0.83 ms against 0.87 for 8 x 32 (the bfloat16 times are within 1%).
+TILE_N1_INFERENCE = (128, 512, 2)
+TILE_ROUTE_LONG, TILE_ROUTE_SHORT, ROUTE_LONG_L = (128, 256, 4), (32, 256, 4), 512
+TILE_N = (64, 1024, 4)
 
 
-def scan_blocks(d: int, n: int, l: int) -> ScanBlocks:
-    """Default tile: MIN_BLOCK_T to MAX_BLOCK_T steps, then as many channels as the tile budget
-    allows."""
+def tile_rule(n: int, l: int, route_order: bool, inference: bool) -> tuple[int, int, int]:
+    """(max block_t, tile budget, warps) of the default tile."""
+    if n > 1:
+        return TILE_N
+    if route_order:
+        return TILE_ROUTE_LONG if l > ROUTE_LONG_L else TILE_ROUTE_SHORT
+    return TILE_N1_INFERENCE if inference else TILE_N1
+
+
+def scan_blocks(
+    d: int, n: int, l: int, route_order: bool = False, inference: bool = False
+) -> ScanBlocks:
+    """Default tile: MIN_BLOCK_T up to the rule's longest chunk, then as many channels as the
+    tile budget allows; `route_order` for the fused SS2D core's grid reads, `inference` for a
+    forward that stores no checkpoints (a backward needs the tile of the forward it follows)."""
     block_n = triton.next_power_of_2(n)
-    block_t = min(max(triton.next_power_of_2(l), MIN_BLOCK_T), MAX_BLOCK_T)
-    budget = TILE_ELEMENTS_N1 if block_n == 1 else TILE_ELEMENTS
+    max_t, budget, warps = tile_rule(block_n, l, route_order, inference)
+    block_t = min(max(triton.next_power_of_2(l), MIN_BLOCK_T), max_t)
     block_d = max(1, min(triton.next_power_of_2(d), budget // (block_n * block_t)))
-    return ScanBlocks(block_d, block_t)
+    return ScanBlocks(block_d, block_t, warps)
+
+
+def bwd_warps(blocks: ScanBlocks, n: int) -> int:
+    """Warps of the backward: one per BWD_ELEMENTS_PER_WARP tile elements, at least the tile's
+    and at most 4 (4 warps hold the n > 1 tiles without spilling)."""
+    elements = blocks.block_d * triton.next_power_of_2(n) * blocks.block_t
+    return max(blocks.num_warps, min(elements // BWD_ELEMENTS_PER_WARP, 4))
 
 
 def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -439,6 +478,7 @@ def launch_fwd(
         ACC=acc_dtype(u.dtype), ROUTE_ORDER=grid_hw is not None, DELTA_SOFTPLUS=delta_softplus,
         HAS_D=D is not None, HAS_DELTA_BIAS=delta_bias is not None,
         HAS_H0=initial_state is not None, STORE_CKPT=store_checkpoints,
+        num_warps=blocks.num_warps,
     )  # fmt: skip
     return h_last, (ckpt if store_checkpoints else None)
 
@@ -498,6 +538,7 @@ def launch_bwd(
         ACC=acc_dtype(u.dtype), ROUTE_ORDER=grid_hw is not None, DELTA_SOFTPLUS=delta_softplus,
         HAS_D=D is not None, HAS_DELTA_BIAS=delta_bias is not None,
         HAS_GH_LAST=gh_last is not None, HAS_H0=has_initial_state,
+        num_warps=bwd_warps(blocks, n),
     )  # fmt: skip
     return (
         gdelta,
@@ -528,7 +569,7 @@ def selective_scan_fwd(
     b, kd, l = u.shape
     k, n = B.shape[1], B.shape[2]
     d = kd // k
-    blocks = blocks or scan_blocks(d, n, l)
+    blocks = blocks or scan_blocks(d, n, l, inference=not store_checkpoints)
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
     D, delta_bias, initial_state = (_contiguous(t) for t in (D, delta_bias, initial_state))
     y = torch.empty(b, kd, l, dtype=compute_dtype(u.dtype), device=u.device)  # (b, k*d, l)

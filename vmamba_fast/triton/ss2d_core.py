@@ -84,7 +84,7 @@ def ss2d_core_fwd(
     chunk-start states (b, 4*d, chunks, n) or None)."""
     b, d, h, w = x.shape
     n, l = B.shape[2], h * w
-    blocks = blocks or scan_blocks(d, n, l)
+    blocks = blocks or scan_blocks(d, n, l, route_order=True)
     y = torch.zeros(b, d, l, dtype=compute_dtype(x.dtype), device=x.device)  # (b, d, l) grid
     _, ckpt = launch_fwd(
         x.contiguous().view(b, d, l),  # (b, d, l)
@@ -119,7 +119,7 @@ def ss2d_core_bwd(
     and shape (None for absent inputs). `ckpt` from `ss2d_core_fwd` with the same `blocks`."""
     b, d, h, w = x.shape
     n, l = B.shape[2], h * w
-    blocks = blocks or scan_blocks(d, n, l)
+    blocks = blocks or scan_blocks(d, n, l, route_order=True)
     gx = torch.zeros(b, d, l, dtype=compute_dtype(x.dtype), device=x.device)  # (b, d, l) grid
     gdelta, gA, gB, gC, gD, gdelta_bias, _ = launch_bwd(
         x.contiguous().view(b, d, l),  # (b, d, l)
@@ -186,7 +186,7 @@ def cuda_ss2d_core_bwd(
     D = torch.zeros(ROUTES * d, dtype=dtype, device=x.device) if D is None else D  # (k*d,)
     if delta_bias is None:
         delta_bias = torch.zeros(ROUTES * d, dtype=dtype, device=x.device)  # (k*d,)
-    blocks = scan_blocks(d, n, h * w)
+    blocks = scan_blocks(d, n, h * w, route_order=True)
     _, ckpt = ss2d_core_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus, True, blocks)
     return ss2d_core_bwd(x, delta, A, B, C, D, delta_bias, delta_softplus, ckpt, dy, blocks)
 
