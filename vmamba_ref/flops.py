@@ -6,9 +6,9 @@ and only these operators cost anything:
 | category     | operator                                   | FLOPs                                         |
 |--------------|--------------------------------------------|-----------------------------------------------|
 | `conv`       | convolution (1x1 "Linear2d", depthwise too) | b * prod(weight shape) * prod(output spatial) |
-| `einsum`     | torch.einsum (SS2D's x_proj and dt_proj)   | product of the sizes of all subscripts        |
+| `einsum`     | torch.einsum                               | product of the sizes of all subscripts        |
 | `linear`     | linear layers (mm, addmm)                  | rows * in * out                               |
-| `matmul`     | batched products (bmm, baddbmm)            | b * m * k * n                                 |
+| `matmul`     | batched products (SS2D's x_proj, dt_proj)  | b * m * k * n                                 |
 | `layer_norm` | layer norm                                 | 5 * numel with an affine, 4 * numel without   |
 | `pool`       | adaptive average pooling                   | numel of the input                            |
 | `scan`       | the SS2D core (selective scan, 4 routes)   | 9 * b * l * (k*d) * n + b * (k*d) * l         |
@@ -28,8 +28,8 @@ or has no rule for them:
 - the SS2D core: every `SS2D` in the model runs `torch.ops.vmamba_flops.ss2d_core` while it is
   counted, whatever its backend, so the count never depends on the backend; the reference's
   Python loop over time is never entered;
-- `torch.einsum`: lowered to bmm, or to a plain product when the contracted size is 1 (SS2D's
-  dt_proj at rank 1), which a counter below the einsum would miss;
+- `torch.einsum`: lowered to bmm, or to a plain product when the contracted size is 1, which a
+  counter below the einsum would miss;
 - adaptive average pooling: lowered to a mean for a 1x1 output.
 
 torch's own formulas count 2 FLOPs per multiply-add and have no rule for layer norm, so the
@@ -40,7 +40,8 @@ TorchScript trace, the scan as an opaque `PythonOp`). Deviations: einsums count 
 all subscript sizes, the multiply-adds of the contraction; fvcore asks numpy's path optimiser,
 which agrees whenever a subscript is summed and halves a pure outer product. The released models
 run x_proj and dt_proj as grouped conv1d, which fvcore files under `conv` with the same
-multiply-add count, so the authors' `conv` total is `conv + einsum` here.
+multiply-add count; SS2D runs them as batched matrix products, so the authors' `conv` total is
+`conv + matmul` here.
 """
 
 from __future__ import annotations

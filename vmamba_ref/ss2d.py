@@ -58,15 +58,27 @@ class SS2D(nn.Module):
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         """The selective-scan part: projections per route, then the SS2D core. (b, d, h, w) ->
-        (b, d, h, w) in float32 (float64 for float64 x)."""
-        x_dbl = torch.einsum("b d h w, k e d -> b k e h w", x, self.x_proj_weight)  # (b, k, r+2n, h, w)
-        dts, Bs, Cs = torch.split(x_dbl, [self.r, self.n, self.n], dim=2)  # (b,k,r,h,w), (b,k,n,h,w) x2
-        delta = torch.einsum("b k r h w, k d r -> b k d h w", dts, self.dt_projs_weight)  # (b, k, d, h, w)
-        # Under autocast a rank-1 einsum is a plain product and stays float32: align the dtypes.
+        (b, d, h, w) in float32 (float64 for float64 x).
+
+        The projections are per-pixel matrix products on the (b, d, l) map, written as matmuls
+        whose outputs come out contiguous in the layouts the core reads: the einsums
+        "b d h w, k e d -> b k e h w" and "b k r h w, k d r -> b k d h w" give the same
+        numbers, but the second returns a permuted view that costs a full transposing copy of
+        the (b, k, d, h, w) delta, as long as the rest of an SS2D call on the CPU.
+        """
+        b, d, h, w = x.shape
+        k, e, r, n = ROUTES, self.r + 2 * self.n, self.r, self.n
+        x = x.contiguous()  # (b, d, h, w); the core reads it row-major
+        x_dbl = torch.matmul(self.x_proj_weight.reshape(k * e, d), x.view(b, d, h * w))  # (b, k*e, l)
+        dts, Bs, Cs = torch.split(x_dbl.view(b, k, e, h * w), [r, n, n], dim=2)  # (b,k,r,l), (b,k,n,l) x2
+        delta = torch.matmul(self.dt_projs_weight, dts)  # (k, d, r) @ (b, k, r, l) -> (b, k, d, l)
+        # Under autocast the products may come out in another dtype than x: align the dtypes.
         delta, Bs, Cs = (t.to(x.dtype) for t in (delta, Bs, Cs))
         dtype = compute_dtype(x.dtype)  # the SSM parameters enter in float32 at least
         A = -torch.exp(self.A_logs.to(dtype))  # (k*d, n)
         D, delta_bias = self.Ds.to(dtype), self.dt_projs_bias.to(dtype).reshape(-1)  # (k*d,) each
+        delta = delta.view(b, k, d, h, w)  # (b, k, d, l) -> (b, k, d, h, w)
+        Bs, Cs = Bs.reshape(b, k, n, h, w), Cs.reshape(b, k, n, h, w)  # (b, k, n, h, w) each
         return self.ops.ss2d_core(x, delta, A, Bs, Cs, D, delta_bias, True)  # (b, d, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
