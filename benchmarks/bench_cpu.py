@@ -595,6 +595,32 @@ def targets(machine: Machine, scans: dict, cores: dict, models: dict, quick: boo
         print(f"{text:<58} {value:>8.2f}  {'met' if value >= goal else 'NOT met'}")
 
 
+def warm_up() -> float:
+    """Call this script's kernels and every numba operator once (the operators forward alone and
+    forward+backward) on tiny inputs, and return the seconds it took. A first call compiles or
+    loads the kernels from Numba's cache (which an edit of the file invalidates) and, through
+    the torch.library operators, imports torch's compile machinery (1-2 s); a measurement that
+    caught it would time the import, not the kernel."""
+    t0 = time.perf_counter()
+    x = np.zeros((numba.get_num_threads(), 64), dtype=np.float32)  # this script's own kernels
+    _triad(x[0], x[0], x[0], np.float32(0.5))
+    _exp_rate_kernel(x, x.copy(), 1)
+    _exp_rate_serial(x[0], x[0].copy(), 1)
+    ops = vmamba_fast.get_ops("numba")
+    s = ScanShape("warm-up", 1, 4, 2, 12, 1)
+    for backward in (False, True):
+        scan_args = scan_inputs(s, requires_grad=backward)
+        grid, routes = core_inputs(s, 3, 4, backward)
+        calls = [
+            (lambda a=scan_args: ops.selective_scan(*a), scan_args),
+            (lambda g=grid: ops.ss2d_core(**g), [t for t in grid.values() if t.requires_grad]),
+            (lambda g=grid, r=routes: separate_core(ops, g, r), [grid["x"]]),
+        ]
+        for fn, leaves in calls:
+            time_pass(fn, backward, 1, leaves)
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes, seconds: a smoke run")
@@ -615,6 +641,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     kept = False if args.os_allocator else keep_freed_memory()
     torch.manual_seed(0)
+    warm = warm_up()  # before anything is timed
     machine = measure_machine(args.quick)
     print(
         f"# CPU benchmark: {machine.threads} numba threads, {torch.get_num_threads()} torch "
@@ -637,6 +664,7 @@ def main() -> None:
         + ", ".join(f"{k} {v / 1e9:.2f} G/s" for k, v in machine.exp_sources.items())
         + f" on {machine.threads} threads; best on 1 thread {machine.exp_1 / 1e9:.2f} G/s"
     )
+    print(f"warm-up (Numba's compile cache, torch's operator machinery): {warm:.1f} s")
     if machine.threads > 1 and machine.exp_all < 1.2 * machine.exp_1:
         print(
             "WARNING: all threads together evaluate exp barely faster than one: other work is "
