@@ -114,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         launches = launchers(getattr(torch, dtype), stage)
         for name in args.runs:
             run = launches[name]
-            default = sel.scan_blocks(d, STATE, side * side, name.startswith("core"))
+            # The default the launcher would pick: forwards here store no checkpoints.
+            default = sel.scan_blocks(
+                d, STATE, side * side, name.startswith("core"), inference=name.endswith("fwd")
+            )
             base = do_bench(lambda run=run, default=default: run(default))
             results = []
             for bl in tiles(STATE, name.endswith("bwd")):
