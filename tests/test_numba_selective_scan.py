@@ -25,7 +25,7 @@ from numba import njit
 
 from vmamba_fast.numba import selective_scan
 from vmamba_fast.numba.config import override
-from vmamba_fast.numba.selective_scan import exp_, log1p_, sigmoid_, softplus_
+from vmamba_fast.numba.selective_scan import exp_, exp_nonpositive_, log1p_, sigmoid_, softplus_
 from vmamba_ref.backends import BackendUnavailableError
 from vmamba_ref.selective_scan import selective_scan as ref_selective_scan
 from vmamba_ref.testing.cases import SelectiveScanCase
@@ -92,6 +92,8 @@ def _apply_into(x, which, out):
             out[i] = softplus_(x[i])
         elif which == 2:
             out[i] = sigmoid_(x[i])
+        elif which == 4:
+            out[i] = exp_nonpositive_(x[i])
         else:
             out[i] = log1p_(x[i])
 
@@ -128,6 +130,55 @@ def test_arithmetic_at_extremes(dtype, which, reference):
         flush = 0.0
     tol = tolerance(torch.float32 if dtype == np.float32 else torch.float64)
     torch.testing.assert_close(got, want, rtol=tol.rtol, atol=flush, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_nonpositive_at_extremes(dtype):
+    """exp_nonpositive_ on its domain, x <= 0 and NaN: the same contract as exp_ there (float32
+    precision, zero below the smallest normal float32, NaN through)."""
+    grid = np.array([x for x in EXTREMES if not x > 0] + list(np.linspace(-90, 0, 1001)), dtype)
+    got = torch.from_numpy(_apply(grid, 4)).double()
+    want = torch.exp(torch.from_numpy(grid).double())
+    flush = torch.finfo(torch.float32).tiny if dtype == np.float32 else 0.0
+    tol = tolerance(torch.float32 if dtype == np.float32 else torch.float64)
+    torch.testing.assert_close(got, want, rtol=tol.rtol, atol=flush, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_positive_and_zero_A_take_the_general_exp(dtype):
+    """The kernel evaluates dA = exp(dt * A) with the cheaper exp_nonpositive_ only where
+    softplus makes dt >= 0 and A <= 0. A channel with a positive (growing) or NaN A must take
+    the general exp: forward and every gradient still match the reference."""
+    inputs = SelectiveScanCase(
+        batch=2, routes=2, channels=3, length=20, state=2, dtype=dtype, requires_grad=True,
+        with_initial_state=True, return_last_state=True,
+    ).build()  # fmt: skip
+    A = inputs["A"].detach().clone()  # (k*d, n)
+    A[0, 0], A[1, 1], A[2, 0], A[3, 1] = 0.5, 0.0, 2.0, -0.0
+    inputs["A"] = A.requires_grad_()
+    with override(time_tile=4):
+        assert_matches_reference(selective_scan, inputs, op="selective_scan", check_grad=True)
+
+
+def test_overflowing_dA_is_inf_like_the_reference():
+    """dt * A = 200 at one step of a channel with A > 0: exp overflows to inf there, and the
+    state with it, exactly where the reference's does (the cheaper exp has no overflow path,
+    so taking it here would return a tiny number instead)."""
+    inputs = SelectiveScanCase(
+        batch=1, routes=2, channels=2, length=12, state=2, dtype=torch.float32
+    ).build()
+    A = inputs["A"].clone()  # (k*d, n)
+    A[1] = 2.0
+    delta = inputs["delta"].clone()  # (b, k*d, l)
+    delta[0, 1, 5] = 100.0  # softplus(100 + bias) ~ 100
+    inputs["A"], inputs["delta"] = A, delta
+    y = selective_scan(**inputs)  # (b, k*d, l)
+    want = ref_selective_scan(**inputs)  # the reference in float32 overflows at the same step
+    assert not torch.isfinite(want[0, 1, 5:]).any()
+    assert torch.equal(torch.isfinite(y), torch.isfinite(want))
+    finite = torch.isfinite(want)
+    tol = tolerance(torch.float32)
+    torch.testing.assert_close(y[finite], want[finite], rtol=tol.rtol, atol=tol.atol)
 
 
 def test_log1p_series_is_accurate_on_its_domain():
