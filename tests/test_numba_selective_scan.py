@@ -25,7 +25,14 @@ from numba import njit
 
 from vmamba_fast.numba import selective_scan
 from vmamba_fast.numba.config import override
-from vmamba_fast.numba.selective_scan import exp_, exp_nonpositive_, log1p_, sigmoid_, softplus_
+from vmamba_fast.numba.selective_scan import (
+    exp_,
+    exp_nonpositive_,
+    log1p_,
+    sigmoid_,
+    softplus_,
+    stream_row,
+)
 from vmamba_ref.backends import BackendUnavailableError
 from vmamba_ref.selective_scan import selective_scan as ref_selective_scan
 from vmamba_ref.testing.cases import SelectiveScanCase
@@ -179,6 +186,25 @@ def test_overflowing_dA_is_inf_like_the_reference():
     finite = torch.isfinite(want)
     tol = tolerance(torch.float32)
     torch.testing.assert_close(y[finite], want[finite], rtol=tol.rtol, atol=tol.atol)
+
+
+@njit
+def _stream_into(src, dst, start, stop):
+    stream_row(src, dst[start:stop])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stream_row_writes_every_element_at_any_alignment(dtype):
+    """The non-temporal copy splits a row into a head up to a cache-line boundary, whole lines
+    and a tail: every start offset and length (0 to 3 lines) copies exactly, and touches
+    nothing outside the row."""
+    src = np.arange(1, 200, dtype=dtype)
+    for start in range(17):
+        for length in (0, 1, 7, 15, 16, 17, 31, 32, 33, 48, 100):
+            dst = np.full(200, -1.0, dtype)
+            _stream_into(src, dst, start, start + length)
+            assert np.array_equal(dst[start : start + length], src[:length])
+            assert (dst[:start] == -1).all() and (dst[start + length :] == -1).all()
 
 
 def test_log1p_series_is_accurate_on_its_domain():

@@ -58,6 +58,7 @@ import math
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
@@ -88,6 +89,56 @@ def _float32_from_bits(typingctx, bits):
         return builder.bitcast(args[0], context.get_value_type(types.float32))
 
     return sig, codegen
+
+
+CACHE_LINE = 64  # bytes
+
+
+@intrinsic
+def _stream_line(typingctx, dst, di, src, si):
+    """Store the cache line src[si : si + CACHE_LINE / itemsize] at dst[di], which must be
+    CACHE_LINE-aligned, with a non-temporal store: the line goes to memory without being read
+    into the cache first. dst, src: 1-D arrays of one float dtype."""
+    sig = types.void(dst, di, src, si)
+
+    def codegen(context, builder, signature, args):
+        dst_ty, _, src_ty, _ = signature.args
+        d = context.make_array(dst_ty)(context, builder, args[0])
+        s = context.make_array(src_ty)(context, builder, args[2])
+        elt = context.get_value_type(dst_ty.dtype)
+        line = ir.VectorType(elt, CACHE_LINE // context.get_abi_sizeof(elt)).as_pointer()
+        value = builder.load(builder.bitcast(builder.gep(s.data, [args[3]]), line), align=1)
+        store = builder.store(value, builder.bitcast(builder.gep(d.data, [args[1]]), line))
+        store.align = CACHE_LINE
+        store.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def stream_row(src, dst):
+    """dst[:] = src[:len(dst)] for 1-D rows, bypassing the caches where the row covers whole
+    cache lines (non-temporal stores): for outputs that nothing reads soon, whose lines a plain
+    store would first read from memory (read for ownership), doubling the traffic."""
+    dst[:] = src[: dst.shape[0]]
+
+
+@overload(stream_row)
+def _stream_row_impl(src, dst):
+    def stream(src, dst):
+        m = dst.shape[0]
+        lanes = CACHE_LINE // dst.itemsize
+        head = min(m, (CACHE_LINE - dst.ctypes.data % CACHE_LINE) % CACHE_LINE // dst.itemsize)
+        for t in range(head):  # up to the first line boundary: plain stores
+            dst[t] = src[t]
+        t = head
+        while t + lanes <= m:
+            _stream_line(dst, t, src, t)
+            t += lanes
+        for tt in range(t, m):  # the partial last line
+            dst[tt] = src[tt]
+
+    return stream
 
 
 def exp_(x):
@@ -405,6 +456,13 @@ def store_rows(src, dst, r0, t0, t1, accumulate):
 
 
 @njit(**JIT)
+def stream_rows(src, dst, r0, t0, t1):
+    """dst[r0 + j, t0:t1] = src[j, :t1-t0] for every row j of src, with `stream_row`."""
+    for j in range(src.shape[0]):
+        stream_row(src[j], dst[r0 + j, t0:t1])
+
+
+@njit(**JIT)
 def discretize(u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, dtb, dAb, dBub, sgb, sig):
     """Phase 1, equations (1a, 1b), SIMD along the tile.
 
@@ -527,32 +585,44 @@ def recurrence(dAb, dBub, H, h, tl, reverse, after):
 
 
 @njit(**JIT)
-def readout(u, ur, uc, C, Cr, Cc, H, D, has_D, tl, y, yr, yc, accumulate):
-    """Phase 3, equation (3): y_t = sum_n C_tn h_tn + D u_t, SIMD along the tile.
+def readout_row(u, ur, uc, C, Cr, Cc, H, D, has_D, tl, j, out, accumulate):
+    """Channel j of phase 3, equation (3): out[:tl] = y_t = sum_n C_tn h_tn + D u_t (or +=),
+    SIMD along the tile. Rows u[ur + j, uc:uc+tl] and C[Cr + m, Cc:Cc+tl] as in `discretize`;
+    H (cb*n, T) the states h_t from `recurrence(after=True)`; D (cb,)."""
+    n = H.shape[0] // D.shape[0]
+    uj = u[ur + j, uc : uc + tl]
+    Cm = C[Cr, Cc : Cc + tl]
+    hm = H[j * n]
+    Dj = D[j] if has_D else zero_of(D)
+    if accumulate:
+        for tt in range(tl):
+            out[tt] += Dj * uj[tt] + Cm[tt] * hm[tt]
+    else:
+        for tt in range(tl):
+            out[tt] = Dj * uj[tt] + Cm[tt] * hm[tt]
+    for m in range(1, n):
+        Cm = C[Cr + m, Cc : Cc + tl]
+        hm = H[j * n + m]
+        for tt in range(tl):
+            out[tt] += Cm[tt] * hm[tt]
 
-    Rows u[ur + j, uc:uc+tl] and C[Cr + m, Cc:Cc+tl] as in `discretize`; H (cb*n, T) the
-    states h_t from `recurrence(after=True)`; D (cb,). Writes y[yr + j, yc:yc+tl] or, with
-    `accumulate`, adds to it (the fused SS2D core sums its four routes into one map).
-    """
-    cb = D.shape[0]
-    n = H.shape[0] // cb
-    for j in range(cb):
-        yj = y[yr + j, yc : yc + tl]
-        uj = u[ur + j, uc : uc + tl]
-        Cm = C[Cr, Cc : Cc + tl]
-        hm = H[j * n]
-        Dj = D[j] if has_D else zero_of(D)
-        if accumulate:
-            for tt in range(tl):
-                yj[tt] += Dj * uj[tt] + Cm[tt] * hm[tt]
-        else:
-            for tt in range(tl):
-                yj[tt] = Dj * uj[tt] + Cm[tt] * hm[tt]
-        for m in range(1, n):
-            Cm = C[Cr + m, Cc : Cc + tl]
-            hm = H[j * n + m]
-            for tt in range(tl):
-                yj[tt] += Cm[tt] * hm[tt]
+
+@njit(**JIT)
+def readout(u, ur, uc, C, Cr, Cc, H, D, has_D, tl, y, yr, yc, accumulate):
+    """Phase 3 for the cb channels of the tile: writes y[yr + j, yc:yc+tl] or, with
+    `accumulate`, adds to it (the fused SS2D core sums its four routes into one map)."""
+    for j in range(D.shape[0]):
+        readout_row(u, ur, uc, C, Cr, Cc, H, D, has_D, tl, j, y[yr + j, yc : yc + tl], accumulate)
+
+
+@njit(**JIT)
+def readout_streaming(u, ur, uc, C, Cr, Cc, H, D, has_D, tl, y, yr, yc, row):
+    """Phase 3 into an output that nothing reads soon: each channel's y goes to the scratch row
+    `row` (T,), which stays in L1, then to y[yr + j, yc:yc+tl] by `stream_row`, so that y's
+    lines are written without first being read from memory."""
+    for j in range(D.shape[0]):
+        readout_row(u, ur, uc, C, Cr, Cc, H, D, has_D, tl, j, row, False)
+        stream_row(row, y[yr + j, yc : yc + tl])
 
 
 @njit(**JIT)
@@ -762,7 +832,7 @@ def _selective_scan_fwd_kernel(
         c1 = min(c0 + block, (ki + 1) * d)
         cb = c1 - c0
         ws = work[numba.get_thread_id()]  # (S,)
-        (_, _, _, _, _, dtb, dAb, dBub, H), h = fwd_scratch(ws, cb, n, tile)
+        (_, _, yb, _, _, dtb, dAb, dBub, H), h = fwd_scratch(ws, cb, n, tile)
         load_state(h0, bi, c0, cb, n, h)
         Ab, Db, biasb = A[c0:c1], D[c0:c1], bias[c0:c1]
         us, xs, Bs, Cs, ys = u[bi], delta[bi], B[bi, ki], C[bi, ki], y[bi]  # (k*d, l) and (n, l)
@@ -773,7 +843,7 @@ def _selective_scan_fwd_kernel(
                 False,
             )  # fmt: skip
             recurrence(dAb, dBub, H, h, tl, False, True)
-            readout(us, c0, t0, Cs, 0, t0, H, Db, has_D, tl, ys, c0, t0, False)
+            readout_streaming(us, c0, t0, Cs, 0, t0, H, Db, has_D, tl, ys, c0, t0, yb[0])
         store_state(h, h_last, bi, c0, cb, n)
 
 
@@ -838,8 +908,8 @@ def _selective_scan_bwd_kernel(
                     inputs, temps, kept, ti, Ab, Db, softplus, has_D, q, t1 - t0, False,
                     dA_part[bi, c0:c1], dD_part[bi, c0:c1], dbias_part[bi, c0:c1],
                 )  # fmt: skip
-                store_rows(gu, du[bi], c0, t0, t1, False)
-                store_rows(gdt, ddelta[bi], c0, t0, t1, False)
+                stream_rows(gu, du[bi], c0, t0, t1)
+                stream_rows(gdt, ddelta[bi], c0, t0, t1)
                 store_rows(dBb, dBs, 0, t0, t1, True)
                 store_rows(dCb, dCs, 0, t0, t1, True)
             store_state(q, dh0, bi, c0, cb, n)
