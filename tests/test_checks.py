@@ -22,9 +22,22 @@ def cache_on_cpu(monkeypatch):
 
 def count_reads(monkeypatch) -> list[int]:
     reads = []
-    isfinite = torch.isfinite
-    monkeypatch.setattr(torch, "isfinite", lambda x: reads.append(1) or isfinite(x))
+    all_finite = checks._all_finite
+    monkeypatch.setattr(checks, "_all_finite", lambda x: reads.append(1) or all_finite(x))
     return reads
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), float("-inf")])
+def test_all_finite_agrees_with_torch(dtype, bad):
+    """The NumPy shortcut for float32/float64 CPU tensors answers what torch.isfinite answers,
+    for contiguous and strided tensors, leaves that require grad, and a bad value anywhere."""
+    for where in (0, 7, 23):
+        x = torch.randn(4, 6, dtype=torch.float64).to(dtype)
+        if bad is not None:
+            x.view(-1)[where] = bad
+        for t in (x, x.t(), x[:, ::2], torch.nn.Parameter(x.clone())):
+            assert checks._all_finite(t) == bool(torch.isfinite(t).all())
 
 
 def test_on_the_cpu_every_call_reads_the_tensor(monkeypatch):
