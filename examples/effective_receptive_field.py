@@ -8,7 +8,7 @@ image. This script repeats the experiment on a CPU:
 1. Two small backbones of the same shape (stride-4 stem, four stages of 1, 1, 2, 1 blocks at
    widths 16 to 128, stride 32 overall): `vmamba_mini` and a plain residual CNN whose blocks
    are two 3x3 convolutions.
-2. The ERF of each, freshly initialised, as the paper measures it (`vmamba_ref.erf`): gradient
+2. The ERF of each, freshly initialised, as the paper measures it (`vmamba_ref.tools.erf`): gradient
    of the central output position with respect to the input, ReLU, averaged over real photos
    that ship with scikit-image, `** 0.2`, normalised.
 3. Both trained on scikit-learn's digits (32x32), then measured again on the same photos at a
@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from vmamba_ref import fastest_backend, vmamba_mini
-from vmamba_ref.data import load_digits
-from vmamba_ref.erf import effective_receptive_field, plot_erf, prepare_image, sample_photos
 from vmamba_ref.layers import LayerNorm2d
-from vmamba_ref.train import TrainConfig, fit
+from vmamba_ref.tools.data import load_digits
+from vmamba_ref.tools.erf import effective_receptive_field, plot_erf, prepare_image, sample_photos
+from vmamba_ref.tools.train import TrainConfig, fit
 
 QUICK_STEPS = 4
 

@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 
 from vmamba_ref import SS2DConfig, fastest_backend, vmamba_mini
 from vmamba_ref.config import Activation, Init
-from vmamba_ref.data import load_digits
-from vmamba_ref.plots import _pyplot
-from vmamba_ref.train import TrainConfig, fit
+from vmamba_ref.tools.data import load_digits
+from vmamba_ref.tools.plots import _pyplot
+from vmamba_ref.tools.train import TrainConfig, fit
 
 QUICK_STEPS = 2
 

@@ -4,7 +4,7 @@ The digits (1,797 scans of 8x8 pixels, bundled with scikit-learn: nothing is dow
 upsampled to 32x32 for VMamba's stride-4 stem, so the four stages see 8x8, 4x4, 2x2 and 1x1
 grids. The model is `vmamba_mini` (stages of 1, 1, 2, 1 VSS blocks at widths 16 to 128, the
 released models' SS2D design) with one input channel and ten classes. It trains with AdamW, a
-one-epoch warm-up and a cosine schedule (`vmamba_ref.train.fit`), shows a progress bar, prints
+one-epoch warm-up and a cosine schedule (`vmamba_ref.tools.train.fit`), shows a progress bar, prints
 the test accuracy (at least 95% in the full run) and saves the loss and accuracy curves as a PNG.
 
 Run:
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from vmamba_ref import fastest_backend, vmamba_mini
-from vmamba_ref.data import load_digits
-from vmamba_ref.plots import plot_history
-from vmamba_ref.train import TrainConfig, fit
+from vmamba_ref.tools.data import load_digits
+from vmamba_ref.tools.plots import plot_history
+from vmamba_ref.tools.train import TrainConfig, fit
 
 QUICK_STEPS = 8
 

@@ -28,7 +28,7 @@ from vmamba_fast.pytorch import (
     selective_scan,
     ss2d_core,
 )
-from vmamba_ref.backends import BACKENDS, available_backends, get_ops, is_available
+from vmamba_ref.contract import BACKENDS, available_backends, get_ops, is_available
 from vmamba_ref.testing import (
     check_cross_merge,
     check_cross_scan,

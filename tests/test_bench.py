@@ -1,4 +1,4 @@
-"""Claims of vmamba_ref/bench.py: the JSON report has the documented fields and consistent
+"""Claims of vmamba_ref/tools/bench.py: the JSON report has the documented fields and consistent
 numbers, training mode times a backward pass, an unavailable backend is refused and never
 replaced, and every bad argument is named."""
 
@@ -9,11 +9,11 @@ import statistics
 import pytest
 import torch
 
-import vmamba_ref.backends as backends
-import vmamba_ref.bench as bench
-from vmamba_ref.backends import BackendUnavailableError
-from vmamba_ref.bench import BenchConfig, check_backend_runs, format_result, run_benchmark
-from vmamba_ref.cli import main
+import vmamba_ref.contract as contract
+import vmamba_ref.tools.bench as bench
+from vmamba_ref.contract import BackendUnavailableError
+from vmamba_ref.tools.bench import BenchConfig, check_backend_runs, format_result, run_benchmark
+from vmamba_ref.tools.cli import main
 
 REPORT_FIELDS = {
     "model", "backend", "mode", "batch_size", "resolution", "dtype", "device", "warmup", "iters",
@@ -68,7 +68,7 @@ def test_mixed_precision_runs_under_autocast():
 
 
 def test_an_unavailable_backend_is_refused(monkeypatch, capsys):
-    monkeypatch.setattr(backends, "is_available", lambda name: name == "ref")
+    monkeypatch.setattr(contract, "is_available", lambda name: name == "ref")
     with pytest.raises(BackendUnavailableError, match="numba"):
         run_benchmark(BenchConfig(model="vmamba_mini", backend="numba", resolution=16, iters=1))
     assert main(["bench", "vmamba_mini", "--backend", "triton", "--resolution", "16", "--iters", "1"]) == 2

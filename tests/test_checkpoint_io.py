@@ -17,7 +17,7 @@ from vmamba_ref.checkpoint import (
     read_saved,
     save_checkpoint,
 )
-from vmamba_ref.train import TrainConfig
+from vmamba_ref.tools.train import TrainConfig
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""Claims of vmamba_ref/train_cli.py (`vmamba train`): two processes launched by torchrun on the
+"""Claims of vmamba_ref/tools/train_cli.py (`vmamba train`): two processes launched by torchrun on the
 loopback interface (gloo) train the mini VMamba with DistributedDataParallel and end with
 identical parameters; rank 0 checkpoints; a run resumes from its checkpoint.
 
@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from vmamba_ref.checkpoint import load_model, read_saved
-from vmamba_ref.cli import main as cli_main
 from vmamba_ref.model import vmamba_mini
-from vmamba_ref.train import TrainConfig
-from vmamba_ref.train_cli import RunConfig, train
+from vmamba_ref.tools.cli import main as cli_main
+from vmamba_ref.tools.train import TrainConfig
+from vmamba_ref.tools.train_cli import RunConfig, train
 
 pytest.importorskip("sklearn", reason="the digits data need scikit-learn (vmamba[demo])")
 

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from vmamba_ref.cli import main
+from vmamba_ref.tools.cli import main
 
 
 def test_demo_quick_mode_runs_and_saves_the_plot(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The effective receptive field (vmamba_ref.erf) and the `vmamba erf` command."""
+"""The effective receptive field (vmamba_ref.tools.erf) and the `vmamba erf` command."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from vmamba_ref import vmamba_mini
-from vmamba_ref.cli import main
-from vmamba_ref.erf import (
+from vmamba_ref.tools.cli import main
+from vmamba_ref.tools.erf import (
     ERF,
     effective_receptive_field,
     input_gradient_map,

@@ -1,4 +1,4 @@
-"""Claims of vmamba_ref/export.py and of the "torch" backend under PyTorch's compilers:
+"""Claims of vmamba_ref/tools/export.py and of the "torch" backend under PyTorch's compilers:
 
 - `torch.compile` traces the whole model in one graph and its output matches eager within the
   tolerance table; inductor compiles a VSS block (the scan included) to the same result;
@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from vmamba_ref import vmamba_mini, vmamba_tiny
-from vmamba_ref.export import (
+from vmamba_ref.testing.tolerances import tolerance
+from vmamba_ref.tools.export import (
     default_example,
     export_onnx,
     export_program,
     onnx_parity,
     rebuild_with_backend,
 )
-from vmamba_ref.testing.tolerances import tolerance
 
 pytest.importorskip("onnxruntime", reason="the export tests need vmamba[export]")
 

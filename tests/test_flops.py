@@ -1,4 +1,4 @@
-"""Claims of vmamba_ref/flops.py: the released models' FLOPs reproduce the VMamba authors' numbers
+"""Claims of vmamba_ref/tools/flops.py: the released models' FLOPs reproduce the VMamba authors' numbers
 exactly, every category agrees with a closed-form count written from the architecture, the count
 does not depend on the backend, and counting leaves the model as it was."""
 
@@ -10,21 +10,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from vmamba_ref.backends import BACKENDS, BackendUnavailableError, get_ops
-from vmamba_ref.cli import main
+from vmamba_ref import contract
 from vmamba_ref.config import VMambaConfig
-from vmamba_ref.flops import (
+from vmamba_ref.contract import BACKENDS, BackendUnavailableError, get_ops, scan_flops
+from vmamba_ref.model import vmamba_mini
+from vmamba_ref.ss2d import SS2D
+from vmamba_ref.tools.cli import main
+from vmamba_ref.tools.flops import (
     CATEGORIES,
     build_meta_model,
     count_flops,
     count_model_flops,
     einsum_flops,
     format_table,
-    selective_scan_flops,
 )
-from vmamba_ref.model import vmamba_mini
-from vmamba_ref.ss2d import SS2D
 
 # Spec section 9: the official fvcore count at 1x3x224x224, head included.
 SPEC_GFLOPS = {"vmamba_tiny": 4.905609984, "vmamba_small": 8.71577472, "vmamba_base": 15.358944256}
@@ -136,7 +137,7 @@ def test_per_module_counts_add_up():
     assert sum(report.module_total(n) for n in top + classifier) == report.total
     block = report.by_module["layers.0.blocks.0"]
     assert report.by_module["layers.0.blocks.0.op"]["scan"] == block["scan"] > 0
-    assert block["scan"] == selective_scan_flops(1, 4 * 16, 16 * 16, 1)
+    assert block["scan"] == scan_flops(1, 4 * 16, 16 * 16, 1)
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "ref"])
@@ -184,14 +185,14 @@ def test_vmamba_fast_formulas_agree_on_shapes():
         B = C = torch.empty(b, 4, n, h, w, device="meta")
         D = delta_bias = torch.empty(4 * d, device="meta")
         core = flop_registry[torch.ops.vmamba.ss2d_core_fwd]
-        assert core(x, delta, A, B, C, D, delta_bias, True, out_val=x) == selective_scan_flops(
+        assert core(x, delta, A, B, C, D, delta_bias, True, out_val=x) == scan_flops(
             b, 4 * d, h * w, n
         )
         u = torch.empty(b, 4 * d, h * w, device="meta")
         Bs = torch.empty(b, 4, n, h * w, device="meta")
         scan = flop_registry[torch.ops.vmamba.selective_scan_fwd]
         assert scan(u, u, A, Bs, Bs, D, delta_bias, None, True, out_val=(u, A)) == (
-            selective_scan_flops(b, 4 * d, h * w, n)
+            scan_flops(b, 4 * d, h * w, n)
         )
 
 
@@ -253,8 +254,30 @@ def test_einsum_rule():
 
 def test_scan_rule_is_the_papers_count():
     b, kd, l, n = 2, 384, 3136, 1
-    assert selective_scan_flops(b, kd, l, n) == 9 * b * l * kd * n + b * kd * l
-    assert selective_scan_flops(b, kd, l, 16, with_D=False) == 9 * b * l * kd * 16
+    assert scan_flops(b, kd, l, n) == 9 * b * l * kd * n + b * kd * l
+    assert scan_flops(b, kd, l, 16, with_D=False) == 9 * b * l * kd * 16
+
+
+def test_vmamba_flops_and_the_operators_count_with_one_formula():
+    """One home for the FLOP formula: `vmamba flops` and the `vmamba::` operators' registered
+    formulas call the contract's `scan_flops`, the same function object, and agree."""
+    from vmamba_fast import ops
+    from vmamba_ref.tools import flops as flops_tool
+
+    assert flops_tool.scan_flops is contract.scan_flops and ops.scan_flops is contract.scan_flops
+    b, d, h, w, n = 2, 8, 5, 3, 4
+    x, delta = torch.randn(b, d, h, w), torch.randn(b, 4, d, h, w)
+    A, B, C = -torch.rand(4 * d, n), torch.randn(b, 4, n, h, w), torch.randn(b, 4, n, h, w)
+    for D in (torch.randn(4 * d), None):
+        with torch.device("meta"):
+            args = [t.to("meta") for t in (x, delta, A, B, C)]
+            D_meta = None if D is None else D.to("meta")
+        counts = []
+        for op in (torch.ops.vmamba.ss2d_core_fwd, torch.ops.vmamba_flops.ss2d_core):
+            with FlopCounterMode(display=False) as counter:
+                op(*args, D_meta, None, True)
+            counts.append(counter.get_total_flops())
+        assert counts[0] == counts[1] == scan_flops(b, 4 * d, h * w, n, with_D=D is not None)
 
 
 class _ReadsAFloat(nn.Module):

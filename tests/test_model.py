@@ -183,7 +183,7 @@ def test_unknown_backend_and_override_fail_loudly(monkeypatch):
         vmamba_mini(backend="cuda")
     with pytest.raises(TypeError, match="depthz"):
         vmamba_mini(depthz=(1, 1))
-    import vmamba_ref.backends as backends
+    import vmamba_ref.contract as backends
 
     monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(BackendUnavailableError, match=r"pip install 'vmamba\[numba\]'"):

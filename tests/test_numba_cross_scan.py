@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 
 from vmamba_fast.numba import cross_merge, cross_scan
-from vmamba_ref.backends import BackendUnavailableError
+from vmamba_ref.contract import BackendUnavailableError
 from vmamba_ref.cross_scan import cross_merge as ref_cross_merge
 from vmamba_ref.cross_scan import cross_scan as ref_cross_scan
 from vmamba_ref.testing.compare import assert_matches_reference

@@ -33,7 +33,7 @@ from vmamba_fast.numba.selective_scan import (
     softplus_,
     stream_row,
 )
-from vmamba_ref.backends import BackendUnavailableError
+from vmamba_ref.contract import BackendUnavailableError
 from vmamba_ref.selective_scan import selective_scan as ref_selective_scan
 from vmamba_ref.testing.cases import SelectiveScanCase
 from vmamba_ref.testing.compare import assert_matches_reference

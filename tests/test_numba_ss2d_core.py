@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from vmamba_fast.numba import cross_merge, cross_scan, selective_scan, ss2d_core
 from vmamba_fast.numba.config import override
-from vmamba_ref.backends import BackendUnavailableError
+from vmamba_ref.contract import BackendUnavailableError
 from vmamba_ref.cross_scan import cross_scan_routes
 from vmamba_ref.ss2d_core import ss2d_core as ref_ss2d_core
 from vmamba_ref.testing.cases import SS2DCoreCase

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vmamba_ref.backends import is_available
+from vmamba_ref.contract import is_available
 
 ROOT = Path(__file__).resolve().parents[1]
 INNER = ROOT / "tests" / "triton_interpret" / "interpreted_kernels.py"

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import vmamba_ref
-from vmamba_ref.backends import BackendUnavailableError, is_available
+from vmamba_ref.contract import BackendUnavailableError, is_available
 from vmamba_ref.testing.cases import SS2DCoreCase
 from vmamba_ref.testing.compare import assert_matches_reference
 from vmamba_ref.testing.strategies import selective_scan_inputs, ss2d_core_inputs
@@ -120,7 +120,7 @@ def test_cpu_tensors_without_the_interpreter_raise_saying_what_to_do(op, args):
 def test_missing_triton_raises_saying_what_to_install():
     code = (
         "import sys; sys.modules['triton'] = None\n"
-        "from vmamba_ref.backends import BackendUnavailableError\n"
+        "from vmamba_ref.contract import BackendUnavailableError\n"
         "try:\n"
         "    import vmamba_fast.triton\n"
         "except BackendUnavailableError as err:\n"

@@ -7,37 +7,17 @@
 | "torch"  | any device | plain PyTorch (`vmamba_fast.pytorch`): an odd-even parallel scan that exports |
 
 Every function has the reference's signature plus a keyword-only `backend`, which has no
-default: the caller always says which implementation runs. `vmamba_ref` holds the oracle that
-each backend is tested against.
+default: the caller always says which implementation runs. The backend is found by name through
+`vmamba_ref.contract.get_ops` (re-exported here), the one loader the network uses too, which
+checks the name once and caches the loaded operators. `vmamba_ref` holds the oracle that each
+backend is tested against.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-from vmamba_ref.backends import BackendUnavailableError, ScanOps, check_backend_name, is_available
-
-FAST_BACKENDS = ("numba", "triton", "torch")
-_MODULES = {"numba": "numba", "triton": "triton", "torch": "pytorch"}  # backend -> vmamba_fast.<module>
-
-
-def get_ops(backend: str) -> ScanOps:
-    """The operators of a fast backend, importing its kernels on first use."""
-    check_backend_name(backend)
-    if backend not in FAST_BACKENDS:
-        raise ValueError(
-            f"vmamba_fast provides backends {list(FAST_BACKENDS)}; for {backend!r} use vmamba_ref"
-        )
-    if not is_available(backend):
-        raise BackendUnavailableError(
-            f"backend {backend!r} needs the `{backend}` package: pip install 'vmamba[{backend}]'"
-        )
-    module = importlib.import_module(f"vmamba_fast.{_MODULES[backend]}")
-    return ScanOps(
-        backend, module.cross_scan, module.cross_merge, module.selective_scan, module.ss2d_core
-    )
+from vmamba_ref.contract import get_ops
 
 
 def cross_scan(x: torch.Tensor, *, backend: str) -> torch.Tensor:

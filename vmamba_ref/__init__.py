@@ -18,12 +18,6 @@ feature map along four routes (cross-scan), runs Mamba's selective scan (S6) on 
 the four outputs back onto the grid (cross-merge).
 """
 
-from vmamba_ref.backends import (
-    BackendUnavailableError,
-    available_backends,
-    fastest_backend,
-    get_ops,
-)
 from vmamba_ref.checkpoint import (
     CheckpointMismatchError,
     LoadReport,
@@ -32,6 +26,13 @@ from vmamba_ref.checkpoint import (
     save_checkpoint,
 )
 from vmamba_ref.config import SS2DConfig, VMambaConfig
+from vmamba_ref.contract import (
+    BackendUnavailableError,
+    ScanOps,
+    available_backends,
+    fastest_backend,
+    get_ops,
+)
 from vmamba_ref.cross_scan import cross_merge, cross_scan, cross_scan_routes, route_positions
 from vmamba_ref.model import (
     MODELS,
@@ -56,6 +57,9 @@ from vmamba_ref.selective_scan import (
 )
 from vmamba_ref.ss2d import SS2D
 from vmamba_ref.ss2d_core import ss2d_core
+
+# The oracle as a backend: what `get_ops("ref")` returns.
+OPS = ScanOps("ref", cross_scan, cross_merge, selective_scan, ss2d_core)
 
 __all__ = [
     "MODELS",

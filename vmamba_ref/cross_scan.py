@@ -24,33 +24,9 @@ grid size, because that is the definition the reshapes implement.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
-from vmamba_ref.checks import check_grid, check_shape, check_tensor
-
-ROUTES = 4  # k
-
-
-@lru_cache(maxsize=64)
-def _route_positions(h: int, w: int) -> tuple[tuple[int, ...], ...]:
-    row_major = [i * w + j for i in range(h) for j in range(w)]
-    column_major = [i * w + j for j in range(w) for i in range(h)]
-    return (
-        tuple(row_major),
-        tuple(column_major),
-        tuple(reversed(row_major)),
-        tuple(reversed(column_major)),
-    )
-
-
-def route_positions(h: int, w: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Grid positions visited by each route: `pos[k, t]` is the row-major index (i*w + j) read at
-    step t of route k. Shape (k=4, l=h*w), int64."""
-    if h < 1 or w < 1:
-        raise ValueError(f"route_positions: h and w must be positive, got h={h}, w={w}")
-    return torch.tensor(_route_positions(h, w), dtype=torch.long, device=device)  # (k, l)
+from vmamba_ref.contract import ROUTES, check_grid, check_shape, check_tensor, route_positions
 
 
 def cross_scan_routes(xk: torch.Tensor) -> torch.Tensor:

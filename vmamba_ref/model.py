@@ -25,9 +25,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from vmamba_ref.backends import check_backend_name
-from vmamba_ref.checks import check_finite, check_shape, check_tensor
 from vmamba_ref.config import SS2DConfig, VMambaConfig
+from vmamba_ref.contract import check_finite, check_shape, check_tensor, get_ops
 from vmamba_ref.init import init_network_
 from vmamba_ref.layers import DropPath, LayerNorm2d, Linear2d, Mlp
 from vmamba_ref.ss2d import SS2D
@@ -113,7 +112,7 @@ class VMamba(nn.Module):
 
     def __init__(self, config: VMambaConfig = VMambaConfig(), backend: str = "ref") -> None:
         super().__init__()
-        check_backend_name(backend)
+        get_ops(backend)  # the one check of the name; fails here, before anything is built
         self.config, self.backend = config, backend
         self.num_classes = config.num_classes
         self.num_features = config.dims[-1]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vmamba_ref.checks import check_selective_scan_args
+from vmamba_ref.contract import check_selective_scan_args, compute_dtype
 
 
 def step_size(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
@@ -60,11 +60,6 @@ def readout(h: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, u: torch.T
     """y_t = sum_n C_t[n] h_t[n] + D u_t. h, C (b, k*d, n); D (k*d,); u (b, k*d) -> (b, k*d)."""
     y = torch.einsum("bcn,bcn->bc", C, h)  # (b, k*d)
     return y if D is None else y + D * u
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the recurrence runs in and returns: float64 stays float64, all else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def selective_scan(

@@ -24,12 +24,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vmamba_ref.backends import get_ops
 from vmamba_ref.config import SS2DConfig
-from vmamba_ref.cross_scan import ROUTES
+from vmamba_ref.contract import ROUTES, compute_dtype, get_ops
 from vmamba_ref.init import init_ssm_
 from vmamba_ref.layers import ACTIVATIONS, LayerNorm2d, Linear2d
-from vmamba_ref.selective_scan import compute_dtype
 
 
 class SS2D(nn.Module):

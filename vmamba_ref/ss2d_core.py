@@ -24,30 +24,9 @@ from __future__ import annotations
 
 import torch
 
-from vmamba_ref.checks import check_grid, check_shape, check_tensor
-from vmamba_ref.cross_scan import ROUTES, cross_merge, cross_scan, cross_scan_routes
+from vmamba_ref.contract import ROUTES, check_ss2d_core_args
+from vmamba_ref.cross_scan import cross_merge, cross_scan, cross_scan_routes
 from vmamba_ref.selective_scan import selective_scan
-
-
-def check_ss2d_core_args(
-    fn: str,
-    x: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-) -> tuple[int, int, int, int, int]:
-    """Validate the grid layouts of the SS2D core and return `(b, d, h, w, n)`; the scan's own
-    check covers dtypes, A, D and delta_bias."""
-    check_grid(fn, "x", x)
-    b, d, h, w = x.shape
-    for name, t in (("delta", delta), ("B", B), ("C", C), ("A", A)):
-        check_tensor(fn, name, t)
-    check_shape(fn, "delta", delta, (b, ROUTES, d, h, w), "b k d h w")
-    check_shape(fn, "B", B, (b, ROUTES, None, h, w), "b k n h w")
-    n = B.shape[2]
-    check_shape(fn, "C", C, (b, ROUTES, n, h, w), "b k n h w")
-    return b, d, h, w, n
 
 
 def ss2d_core(

@@ -1,6 +1,6 @@
 """MkDocs hook: draw the documentation's figures from the package's code at build time.
 
-Each figure of `vmamba_ref.figures.FIGURES` is written once per process into a temporary
+Each figure of `vmamba_ref.tools.figures.FIGURES` is written once per process into a temporary
 folder and added to the site as `figures/<name>`, so pages link to `../figures/routes.png` and
 nothing generated is ever committed. `mkdocs serve` keeps the figures of its first build.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mkdocs.structure.files import File
 
-from vmamba_ref.figures import FIGURES
+from vmamba_ref.tools.figures import FIGURES
 
 _DRAWN: dict[str, Path] = {}
 _FOLDER = tempfile.TemporaryDirectory(prefix="vmamba-docs-figures-")

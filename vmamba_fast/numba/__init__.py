@@ -18,8 +18,27 @@ Dimension letters as in `vmamba_ref`: b batch, h, w grid, l = h*w, k = 4 routes,
 n state size.
 """
 
-from vmamba_fast.numba.cross_scan import cross_merge, cross_scan
-from vmamba_fast.numba.selective_scan import selective_scan
-from vmamba_fast.numba.ss2d_core import ss2d_core
+from vmamba_fast import ops
+from vmamba_fast.numba.cross_scan import cross_merge, cross_merge_cpu, cross_scan, cross_scan_cpu
+from vmamba_fast.numba.selective_scan import (
+    selective_scan,
+    selective_scan_bwd_cpu,
+    selective_scan_fwd_cpu,
+)
+from vmamba_fast.numba.ss2d_core import ss2d_core, ss2d_core_bwd_cpu, ss2d_core_fwd_cpu
+from vmamba_ref.contract import ScanOps
+
+# The CPU kernels of the vmamba:: operators (schemas, fakes, autograd: vmamba_fast/ops.py).
+ops.register_kernels(
+    "cpu",
+    cross_scan=cross_scan_cpu,
+    cross_merge=cross_merge_cpu,
+    selective_scan_fwd=selective_scan_fwd_cpu,
+    selective_scan_bwd=selective_scan_bwd_cpu,
+    ss2d_core_fwd=ss2d_core_fwd_cpu,
+    ss2d_core_bwd=ss2d_core_bwd_cpu,
+)
+
+OPS = ScanOps("numba", cross_scan, cross_merge, selective_scan, ss2d_core)  # what get_ops("numba") returns
 
 __all__ = ["cross_merge", "cross_scan", "selective_scan", "ss2d_core"]

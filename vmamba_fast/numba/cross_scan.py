@@ -30,8 +30,7 @@ from numba import njit, prange
 from vmamba_fast import ops
 from vmamba_fast.numba.config import PARALLEL_JIT, threads_for
 from vmamba_fast.numba.selective_scan import as_kernel_array, check_cpu
-from vmamba_ref.checks import check_grid, check_shape, check_tensor
-from vmamba_ref.cross_scan import ROUTES, route_positions
+from vmamba_ref.contract import ROUTES, check_grid, check_shape, check_tensor, route_positions
 
 _SAME_WIDTH_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 

@@ -66,9 +66,7 @@ from numba.extending import intrinsic, overload
 
 from vmamba_fast import ops
 from vmamba_fast.numba.config import JIT, PARALLEL_JIT, active, threads_for
-from vmamba_ref.backends import BackendUnavailableError
-from vmamba_ref.checks import check_selective_scan_args
-from vmamba_ref.selective_scan import compute_dtype
+from vmamba_ref.contract import BackendUnavailableError, check_selective_scan_args, compute_dtype
 
 # ------------------------------------------------------------------------------------------------
 # Scalar arithmetic: exp, log1p, softplus and sigmoid that vectorize and survive fastmath.

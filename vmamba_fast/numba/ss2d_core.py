@@ -67,10 +67,13 @@ from vmamba_fast.numba.selective_scan import (
     time_tile,
     workspace,
 )
-from vmamba_ref.checks import check_selective_scan_args
-from vmamba_ref.cross_scan import ROUTES, route_positions
-from vmamba_ref.selective_scan import compute_dtype
-from vmamba_ref.ss2d_core import check_ss2d_core_args
+from vmamba_ref.contract import (
+    ROUTES,
+    check_selective_scan_args,
+    check_ss2d_core_args,
+    compute_dtype,
+    route_positions,
+)
 
 
 @njit(**JIT)

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from vmamba_ref.checks import check_grid, check_shape, check_tensor
-from vmamba_ref.cross_scan import ROUTES
+from vmamba_ref.contract import ROUTES, check_grid, check_shape, check_tensor
 
 
 def _forward_routes(x: torch.Tensor) -> torch.Tensor:

@@ -39,14 +39,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vmamba_ref.checks import (
+from vmamba_ref.contract import (
     check_same_device,
     check_same_dtype,
     check_selective_scan_args,
     check_shape,
     check_tensor,
+    compute_dtype,
 )
-from vmamba_ref.selective_scan import compute_dtype, step_size
 
 
 def is_tracing() -> bool:
@@ -67,7 +67,7 @@ def check_args(
 ) -> tuple[int, int, int, int, int]:
     """The reference's argument checks; return `(b, k, d, l, n)`.
 
-    In eager mode this is `vmamba_ref.checks.check_selective_scan_args`, so bad input fails
+    In eager mode this is `vmamba_ref.contract.check_selective_scan_args`, so bad input fails
     exactly as in the reference. While tracing (`torch.compile`, `torch.export`) tensor values
     are symbolic, so the check that A, D and delta_bias are finite cannot run; types, shapes,
     dtypes and devices are still checked, and the traced program is the one eager mode checks.
@@ -159,7 +159,9 @@ def selective_scan(
     D = None if D is None else D.to(dtype)
     delta_bias = None if delta_bias is None else delta_bias.to(dtype)
 
-    dt = step_size(delta, delta_bias, delta_softplus)  # (b, k*d, l)
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]  # (b, k*d, l)
+    dt = F.softplus(delta) if delta_softplus else delta  # (b, k*d, l)
     dA = torch.exp(torch.einsum("bcl,cn->bcnl", dt, A))  # (b, k*d, n, l)
     # Each route's B and C serve all d channels of that route.
     dtu = (dt * u).unflatten(1, (k, d))  # (b, k, d, l)

@@ -17,8 +17,7 @@ import torch
 
 from vmamba_fast.pytorch.cross_scan import cross_merge, cross_scan, cross_scan_routes
 from vmamba_fast.pytorch.selective_scan import selective_scan
-from vmamba_ref.cross_scan import ROUTES
-from vmamba_ref.ss2d_core import check_ss2d_core_args
+from vmamba_ref.contract import ROUTES, check_ss2d_core_args
 
 
 def ss2d_core(

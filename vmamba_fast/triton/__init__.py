@@ -17,7 +17,7 @@ instead.
 
 from __future__ import annotations
 
-from vmamba_ref.backends import BackendUnavailableError
+from vmamba_ref.contract import BackendUnavailableError, ScanOps
 
 try:
     import triton  # noqa: F401
@@ -46,13 +46,18 @@ from vmamba_fast.triton.ss2d_core import (  # noqa: E402
 )
 
 # The CUDA kernels of the vmamba:: operators, whose schemas, fake tensors, autograd and FLOP
-# formulas live in vmamba_fast/ops.py beside their CPU (Numba) kernels: a model dispatches to
-# Numba or Triton by the device of its tensors, through the same operators.
-ops.cross_scan.register_kernel("cuda")(cuda_cross_scan)
-ops.cross_merge.register_kernel("cuda")(cuda_cross_merge)
-ops.selective_scan_fwd.register_kernel("cuda")(cuda_selective_scan_fwd)
-ops.selective_scan_bwd.register_kernel("cuda")(cuda_selective_scan_bwd)
-ops.ss2d_core_fwd.register_kernel("cuda")(cuda_ss2d_core_fwd)
-ops.ss2d_core_bwd.register_kernel("cuda")(cuda_ss2d_core_bwd)
+# formulas live in vmamba_fast/ops.py; the CPU kernels are Numba's (vmamba_fast/numba): a model
+# dispatches to Numba or Triton by the device of its tensors, through the same operators.
+ops.register_kernels(
+    "cuda",
+    cross_scan=cuda_cross_scan,
+    cross_merge=cuda_cross_merge,
+    selective_scan_fwd=cuda_selective_scan_fwd,
+    selective_scan_bwd=cuda_selective_scan_bwd,
+    ss2d_core_fwd=cuda_ss2d_core_fwd,
+    ss2d_core_bwd=cuda_ss2d_core_bwd,
+)
+
+OPS = ScanOps("triton", cross_scan, cross_merge, selective_scan, ss2d_core)  # what get_ops("triton") returns
 
 __all__ = ["cross_merge", "cross_scan", "selective_scan", "ss2d_core"]

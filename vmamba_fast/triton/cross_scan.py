@@ -34,9 +34,13 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-from vmamba_ref.backends import BackendUnavailableError
-from vmamba_ref.checks import check_grid, check_shape, check_tensor
-from vmamba_ref.cross_scan import ROUTES
+from vmamba_ref.contract import (
+    ROUTES,
+    BackendUnavailableError,
+    check_grid,
+    check_shape,
+    check_tensor,
+)
 
 
 @triton.jit

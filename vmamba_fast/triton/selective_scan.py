@@ -71,8 +71,7 @@ import triton
 import triton.language as tl
 
 from vmamba_fast.triton.cross_scan import acc_dtype, check_device, route_position
-from vmamba_ref.checks import check_selective_scan_args, check_shape
-from vmamba_ref.selective_scan import compute_dtype
+from vmamba_ref.contract import check_selective_scan_args, check_shape, compute_dtype
 
 
 @triton.jit

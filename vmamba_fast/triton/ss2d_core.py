@@ -29,10 +29,13 @@ import torch
 
 from vmamba_fast.triton.cross_scan import check_device
 from vmamba_fast.triton.selective_scan import ScanBlocks, launch_bwd, launch_fwd, scan_blocks
-from vmamba_ref.checks import check_selective_scan_args, check_shape
-from vmamba_ref.cross_scan import ROUTES
-from vmamba_ref.selective_scan import compute_dtype
-from vmamba_ref.ss2d_core import check_ss2d_core_args
+from vmamba_ref.contract import (
+    ROUTES,
+    check_selective_scan_args,
+    check_shape,
+    check_ss2d_core_args,
+    compute_dtype,
+)
 
 
 def _check(

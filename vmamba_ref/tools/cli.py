@@ -9,11 +9,11 @@ import logging
 import sys
 
 SUBCOMMANDS = {
-    "demo": ("vmamba_ref.demo", "train the mini VMamba on the digits images on the CPU"),
-    "train": ("vmamba_ref.train_cli", "train with DistributedDataParallel (run under torchrun), checkpoint and resume"),
-    "flops": ("vmamba_ref.flops_cli", "FLOPs (one multiply-add = one FLOP) and parameters, per module"),
-    "bench": ("vmamba_ref.bench_cli", "throughput in images/s for a backend, batch size, resolution and dtype"),
-    "erf": ("vmamba_ref.erf_cli", "draw a model's effective receptive field as a heatmap PNG"),
+    "demo": ("vmamba_ref.tools.demo", "train the mini VMamba on the digits images on the CPU"),
+    "train": ("vmamba_ref.tools.train_cli", "train with DistributedDataParallel (run under torchrun), checkpoint and resume"),
+    "flops": ("vmamba_ref.tools.flops_cli", "FLOPs (one multiply-add = one FLOP) and parameters, per module"),
+    "bench": ("vmamba_ref.tools.bench_cli", "throughput in images/s for a backend, batch size, resolution and dtype"),
+    "erf": ("vmamba_ref.tools.erf_cli", "draw a model's effective receptive field as a heatmap PNG"),
 }
 
 

@@ -60,9 +60,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
-from vmamba_ref.selective_scan import compute_dtype
+from vmamba_ref.contract import check_ss2d_core_args, compute_dtype, scan_flops
 from vmamba_ref.ss2d import SS2D
-from vmamba_ref.ss2d_core import check_ss2d_core_args
 from vmamba_ref.ss2d_core import ss2d_core as ss2d_core_ref
 
 aten = torch.ops.aten
@@ -152,12 +151,6 @@ def einsum_flops(equation: str, shapes: Sequence[Sequence[int]]) -> int:
     return (len(shapes) - 1) * math.prod(sizes.values()) * math.prod(ellipsis)
 
 
-def selective_scan_flops(b: int, kd: int, l: int, n: int, with_D: bool = True) -> int:
-    """The selective scan over k*d channels of length l with state size n:
-    9 * b * l * kd * n (discretize, recur, read out) + b * kd * l for the D skip."""
-    return 9 * b * l * kd * n + (b * kd * l if with_D else 0)
-
-
 # --- counted custom ops ------------------------------------------------------------------------
 
 
@@ -197,7 +190,7 @@ def ss2d_core_flop_formula(
     """The SS2D core: one selective scan over u = cross_scan(x), (b, k*d, l), with A (k*d, n)."""
     b, _, h, w = x_shape
     kd, n = A_shape
-    return selective_scan_flops(b, kd, h * w, n, with_D=D_shape is not None)
+    return scan_flops(b, kd, h * w, n, with_D=D_shape is not None)
 
 
 @torch.library.custom_op("vmamba_flops::einsum", mutates_args=())

@@ -1,7 +1,7 @@
 """`vmamba bench MODEL`: images per second for a backend, batch size, resolution and dtype.
 
 Prints a table (median, slowest and fastest pass, overall mean) and, with `--json PATH`, writes
-the report described in `vmamba_ref.bench`. An unavailable backend is refused with exit code 2.
+the report described in `vmamba_ref.tools.bench`. An unavailable backend is refused with exit code 2.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from vmamba_ref.backends import BACKENDS, BackendUnavailableError
-from vmamba_ref.bench import DTYPES, BenchConfig, format_result, run_benchmark
+from vmamba_ref.contract import BACKENDS, BackendUnavailableError
 from vmamba_ref.model import MODELS
+from vmamba_ref.tools.bench import DTYPES, BenchConfig, format_result, run_benchmark
 
 
 def _int_at_least(minimum: int):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from vmamba_ref.data import Split
+from vmamba_ref.tools.data import Split
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
 
 The model is a named constructor of `vmamba_ref.MODELS`, freshly initialised ("before
 training") or loaded from a checkpoint ("after training"). The images are scikit-image's bundled
-photos unless a folder is given; the method is `vmamba_ref.erf.effective_receptive_field`.
+photos unless a folder is given; the method is `vmamba_ref.tools.erf.effective_receptive_field`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from vmamba_ref.backends import fastest_backend
 from vmamba_ref.checkpoint import load_checkpoint
-from vmamba_ref.erf import (
+from vmamba_ref.contract import fastest_backend
+from vmamba_ref.model import MODELS
+from vmamba_ref.tools.erf import (
     SAMPLE_PHOTOS,
     effective_receptive_field,
     folder_images,
@@ -26,7 +27,6 @@ from vmamba_ref.erf import (
     prepare_image,
     sample_photos,
 )
-from vmamba_ref.model import MODELS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

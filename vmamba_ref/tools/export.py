@@ -16,7 +16,7 @@ one that loaded official weights) onto it. The exported graph computes in float3
 the eager model to rounding: the parallel scan sums in another order than the loop.
 
     from vmamba_ref import vmamba_tiny
-    from vmamba_ref.export import export_onnx, onnx_parity
+    from vmamba_ref.tools.export import export_onnx, onnx_parity
 
     model = vmamba_tiny(backend="torch").eval()
     path = export_onnx(model, "vmamba_tiny.onnx")            # (1, 3, 224, 224) -> (1, 1000)
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vmamba_ref.checks import check_shape, check_tensor
+from vmamba_ref.contract import check_shape, check_tensor
 from vmamba_ref.model import VMamba
 
 EXPORT_BACKEND = "torch"

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from vmamba_ref.backends import fastest_backend
-from vmamba_ref.data import load_digits
+from vmamba_ref.contract import fastest_backend
 from vmamba_ref.model import vmamba_mini
-from vmamba_ref.plots import plot_history
-from vmamba_ref.train import TrainConfig, accuracy, fit
+from vmamba_ref.tools.data import load_digits
+from vmamba_ref.tools.plots import plot_history
+from vmamba_ref.tools.train import TrainConfig, accuracy, fit
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """`vmamba train`: train a VMamba with DistributedDataParallel, one process per device.
 
     vmamba train --epochs 3                                        # one process
-    torchrun --nproc_per_node 2 -m vmamba_ref.cli train --epochs 3  # two processes (DDP)
-    torchrun --nproc_per_node 2 -m vmamba_ref.cli train --resume    # continue from last.pt
+    torchrun --nproc_per_node 2 -m vmamba_ref.tools.cli train --epochs 3  # two processes (DDP)
+    torchrun --nproc_per_node 2 -m vmamba_ref.tools.cli train --resume    # continue from last.pt
 
 Under `torchrun` (which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT) every
 process joins one process group: NCCL when it trains on a CUDA device, gloo on the CPU. Without
@@ -19,7 +19,7 @@ up where they stopped, so a resumed run ends with the weights of an uninterrupte
 draws are seeded per step and rank: the data shifts and stochastic depth of step t are the same
 whenever step t runs.)
 
-The data are scikit-learn's digits from `vmamba_ref.data` (1,797 8x8 images, upsampled), which
+The data are scikit-learn's digits from `vmamba_ref.tools.data` (1,797 8x8 images, upsampled), which
 ship inside scikit-learn: no download. `--batch-size` is per process; the global batch is
 `world_size * batch_size`.
 """
@@ -43,11 +43,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from vmamba_ref.backends import BACKENDS
 from vmamba_ref.checkpoint import load_checkpoint, read_saved, save_checkpoint
-from vmamba_ref.data import Split, load_digits
+from vmamba_ref.contract import BACKENDS
 from vmamba_ref.model import MODELS, VMamba
-from vmamba_ref.train import History, TrainConfig, accuracy, random_shift, warmup_cosine
+from vmamba_ref.tools.data import Split, load_digits
+from vmamba_ref.tools.train import History, TrainConfig, accuracy, random_shift, warmup_cosine
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -125,7 +125,7 @@ def setup_distributed(device: str, timeout_s: float) -> Distributed:
     if missing:
         raise RuntimeError(
             f"WORLD_SIZE is set but {missing} are not: launch with torchrun "
-            "(torchrun --nproc_per_node N -m vmamba_ref.cli train ...)"
+            "(torchrun --nproc_per_node N -m vmamba_ref.tools.cli train ...)"
         )
     local_rank = int(os.environ["LOCAL_RANK"])
     resolved = resolve_device(device, local_rank)

@@ -1,4 +1,4 @@
-"""Claims of vmamba_ref/checks.py about parameters: a non-finite parameter always raises, and off
+"""Claims of vmamba_ref/contract.py about parameters: a non-finite parameter always raises, and off
 the CPU an unchanged parameter is read once, not at every call (each read waits for the GPU).
 
 The cache is off on the CPU, so these tests switch it on for CPU tensors through `_cacheable`;
@@ -10,20 +10,20 @@ import gc
 import pytest
 import torch
 
-from vmamba_ref import checks
+from vmamba_ref import contract
 
 
 @pytest.fixture
 def cache_on_cpu(monkeypatch):
-    monkeypatch.setattr(checks, "_cacheable", lambda x: not x.is_inference())
-    monkeypatch.setattr(checks, "_found_finite", {})
-    return checks._found_finite
+    monkeypatch.setattr(contract, "_cacheable", lambda x: not x.is_inference())
+    monkeypatch.setattr(contract, "_found_finite", {})
+    return contract._found_finite
 
 
 def count_reads(monkeypatch) -> list[int]:
     reads = []
-    all_finite = checks._all_finite
-    monkeypatch.setattr(checks, "_all_finite", lambda x: reads.append(1) or all_finite(x))
+    all_finite = contract._all_finite
+    monkeypatch.setattr(contract, "_all_finite", lambda x: reads.append(1) or all_finite(x))
     return reads
 
 
@@ -37,14 +37,14 @@ def test_all_finite_agrees_with_torch(dtype, bad):
         if bad is not None:
             x.view(-1)[where] = bad
         for t in (x, x.t(), x[:, ::2], torch.nn.Parameter(x.clone())):
-            assert checks._all_finite(t) == bool(torch.isfinite(t).all())
+            assert contract._all_finite(t) == bool(torch.isfinite(t).all())
 
 
 def test_on_the_cpu_every_call_reads_the_tensor(monkeypatch):
     reads = count_reads(monkeypatch)
     A = torch.nn.Parameter(-torch.rand(4, 2))
     for _ in range(3):
-        checks.check_finite("f", "A", A)
+        contract.check_finite("f", "A", A)
     assert len(reads) == 3
 
 
@@ -52,7 +52,7 @@ def test_an_unchanged_parameter_is_read_once(cache_on_cpu, monkeypatch):
     reads = count_reads(monkeypatch)
     A = torch.nn.Parameter(-torch.rand(4, 2))
     for _ in range(3):
-        checks.check_finite("f", "A", A)
+        contract.check_finite("f", "A", A)
     assert len(reads) == 1
 
 
@@ -67,37 +67,37 @@ def test_an_unchanged_parameter_is_read_once(cache_on_cpu, monkeypatch):
 )
 def test_an_in_place_write_is_checked_again(cache_on_cpu, write):
     A = torch.nn.Parameter(-torch.rand(4, 2))
-    checks.check_finite("f", "A", A)
+    contract.check_finite("f", "A", A)
     with torch.no_grad():
         write(A)
     with pytest.raises(ValueError, match="f: `A` must be finite"):
-        checks.check_finite("f", "A", A)
+        contract.check_finite("f", "A", A)
 
 
 def test_a_non_finite_tensor_is_never_remembered(cache_on_cpu):
     A = torch.tensor([1.0, float("nan")])
     for _ in range(2):
         with pytest.raises(ValueError, match=r"found nan at index \(1,\)"):
-            checks.check_finite("f", "A", A)
+            contract.check_finite("f", "A", A)
     assert not cache_on_cpu
 
 
 def test_a_dead_tensor_leaves_the_cache_and_a_new_one_is_read(cache_on_cpu, monkeypatch):
     A = torch.nn.Parameter(-torch.rand(4, 2))
-    checks.check_finite("f", "A", A)
+    contract.check_finite("f", "A", A)
     assert len(cache_on_cpu) == 1
     del A
     gc.collect()
     assert not cache_on_cpu
     reads = count_reads(monkeypatch)
-    checks.check_finite("f", "A", torch.nn.Parameter(-torch.rand(4, 2)))
+    contract.check_finite("f", "A", torch.nn.Parameter(-torch.rand(4, 2)))
     assert len(reads) == 1
 
 
 def test_inference_tensors_are_not_cached(cache_on_cpu):
     with torch.inference_mode():
         A = -torch.rand(4, 2)
-    checks.check_finite("f", "A", A)
+    contract.check_finite("f", "A", A)
     assert not cache_on_cpu
 
 
@@ -107,9 +107,9 @@ def test_on_the_gpu_a_parameter_is_read_once_until_written(monkeypatch):
     reads = count_reads(monkeypatch)
     A = torch.nn.Parameter(-torch.rand(4, 2, device="cuda"))
     for _ in range(3):
-        checks.check_finite("f", "A", A)
+        contract.check_finite("f", "A", A)
     assert len(reads) == 1
     with torch.no_grad():
         A[0, 0] = float("nan")
     with pytest.raises(ValueError, match="`A` must be finite"):
-        checks.check_finite("f", "A", A)
+        contract.check_finite("f", "A", A)

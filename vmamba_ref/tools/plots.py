@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vmamba_ref.train import History
+from vmamba_ref.tools.train import History
 
 
 def _pyplot():

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vmamba_ref.backends import BackendUnavailableError, check_backend_name, get_ops
+from vmamba_ref.contract import BackendUnavailableError, check_backend_name, get_ops
 from vmamba_ref.model import MODELS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

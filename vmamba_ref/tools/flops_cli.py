@@ -11,9 +11,9 @@ import argparse
 import json
 import sys
 
-from vmamba_ref.backends import BACKENDS, BackendUnavailableError
-from vmamba_ref.flops import CATEGORIES, count_model_flops, format_table
+from vmamba_ref.contract import BACKENDS, BackendUnavailableError
 from vmamba_ref.model import MODELS
+from vmamba_ref.tools.flops import CATEGORIES, count_model_flops, format_table
 
 
 def _positive_int(text: str) -> int:

@@ -2,9 +2,9 @@
 
 - `route_orders_figure`: the four cross-scan routes on a small grid, from `route_positions`.
 - `erf_initializations_figure`: the effective receptive field of a randomly initialised
-  VMamba-mini under each of the paper's three SSM initializations, from `vmamba_ref.erf`.
+  VMamba-mini under each of the paper's three SSM initializations, from `vmamba_ref.tools.erf`.
 
-Run `python -m vmamba_ref.figures OUT_DIR` to write them all.
+Run `python -m vmamba_ref.tools.figures OUT_DIR` to write them all.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import get_args
 import torch
 
 from vmamba_ref.config import Init, SS2DConfig
-from vmamba_ref.cross_scan import route_positions
-from vmamba_ref.erf import effective_receptive_field, plot_erf, prepare_image, sample_photos
+from vmamba_ref.contract import route_positions
 from vmamba_ref.model import vmamba_mini
-from vmamba_ref.plots import _pyplot
+from vmamba_ref.tools.erf import effective_receptive_field, plot_erf, prepare_image, sample_photos
+from vmamba_ref.tools.plots import _pyplot
 
 ROUTE_NAMES = ("row-major", "column-major", "row-major, reversed", "column-major, reversed")
 

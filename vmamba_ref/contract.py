@@ -1,0 +1,340 @@
+"""The contract: what every backend shares, in one place.
+
+The oracle (`vmamba_ref`'s `cross_scan.py`, `selective_scan.py`, `ss2d_core.py`), the network and
+every fast backend (`vmamba_fast`) read these facts from here and nowhere else:
+
+| fact                        | names                                                           |
+|-----------------------------|-----------------------------------------------------------------|
+| argument checks             | `check_selective_scan_args`, `check_ss2d_core_args`, `check_grid`, ... |
+| the compute-dtype rule      | `compute_dtype`                                                 |
+| the route table             | `ROUTES`, `route_positions`                                     |
+| the softplus threshold      | `SOFTPLUS_THRESHOLD`                                            |
+| the op protocol, its errors | `ScanOps`, `BackendUnavailableError`                            |
+| the backends and their loader | `BACKENDS`, `get_ops`, `available_backends`, `fastest_backend` |
+| the scan FLOP formula       | `scan_flops`                                                    |
+
+Each check raises before any computation, naming the function, the argument, what was expected
+and what was found. Shape errors are `ValueError`; dtype and type errors are `TypeError`.
+
+Backends are found by name (a plugin lookup): `get_ops("numba")` imports the module that
+`BACKEND_MODULES` names for it, on first use, and returns its `OPS`. Nothing here imports a
+backend's code, so the arrows run one way: the oracle, the network and `vmamba_fast` all point
+here, and this module points at no other file of the project.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# ------------------------------------------------------------------------------------------------
+# Facts of the design
+# ------------------------------------------------------------------------------------------------
+
+ROUTES = 4  # k: row-major, column-major, and both reversed (paper section 3.3)
+
+# softplus(x) = x above this, as torch's F.softplus and VMamba's CUDA kernels define it (the
+# derivative is 1 there). Every backend's softplus switches at this value.
+SOFTPLUS_THRESHOLD = 20.0
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the recurrence runs in and returns: float64 stays float64, all else float32
+    (float16 and bfloat16 inputs return float32, as VMamba's "oflex" kernels do)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@lru_cache(maxsize=64)
+def _route_positions(h: int, w: int) -> tuple[tuple[int, ...], ...]:
+    row_major = [i * w + j for i in range(h) for j in range(w)]
+    column_major = [i * w + j for j in range(w) for i in range(h)]
+    return (
+        tuple(row_major),
+        tuple(column_major),
+        tuple(reversed(row_major)),
+        tuple(reversed(column_major)),
+    )
+
+
+def route_positions(h: int, w: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Grid positions visited by each route: `pos[k, t]` is the row-major index (i*w + j) read at
+    step t of route k. Shape (k=4, l=h*w), int64."""
+    if h < 1 or w < 1:
+        raise ValueError(f"route_positions: h and w must be positive, got h={h}, w={w}")
+    return torch.tensor(_route_positions(h, w), dtype=torch.long, device=device)  # (k, l)
+
+
+def scan_flops(b: int, kd: int, l: int, n: int, with_D: bool = True) -> int:
+    """The VMamba authors' FLOP count for a selective scan over k*d channels of length l with
+    state size n (their `flops_selective_scan_fn`, one multiply-add = one FLOP): 9*b*l*(k*d)*n
+    for the discretization, recurrence and readout, plus b*(k*d)*l for the D skip when there is
+    one. The one formula: `vmamba flops` and the custom operators' FLOP formulas both call it."""
+    return 9 * b * l * kd * n + (b * kd * l if with_D else 0)
+
+# ------------------------------------------------------------------------------------------------
+# Argument checks
+# ------------------------------------------------------------------------------------------------
+
+
+def _fmt(shape: Sequence[int | str]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def check_tensor(fn: str, name: str, x: object, dtypes: Sequence[torch.dtype] = FLOAT_DTYPES) -> None:
+    """`x` is a tensor of one of `dtypes`."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: `{name}` must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in dtypes:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{fn}: `{name}` must have dtype in {{{allowed}}}, got {x.dtype}")
+
+
+def check_shape(
+    fn: str, name: str, x: torch.Tensor, expected: Sequence[int | None], letters: str
+) -> None:
+    """`x.shape` equals `expected` (None = any size); `letters` names the dims, e.g. "b k*d l"."""
+    if x.dim() != len(expected) or any(
+        e is not None and s != e for s, e in zip(x.shape, expected, strict=False)
+    ):
+        names = letters.split()
+        want = [n if e is None else f"{n}={e}" for n, e in zip(names, expected, strict=True)]
+        raise ValueError(
+            f"{fn}: `{name}` must have shape {_fmt(want)}, got {_fmt(tuple(x.shape))}"
+        )
+
+
+def check_same_dtype(fn: str, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
+    """All `tensors` share one dtype."""
+    first = tensors[0].dtype
+    for n, t in zip(names[1:], tensors[1:], strict=True):
+        if t.dtype != first:
+            raise TypeError(
+                f"{fn}: `{n}` must have the same dtype as `{names[0]}` ({first}), got {t.dtype}"
+            )
+
+
+def check_same_device(fn: str, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
+    """All `tensors` live on one device."""
+    first = tensors[0].device
+    for n, t in zip(names[1:], tensors[1:], strict=True):
+        if t.device != first:
+            raise ValueError(
+                f"{fn}: `{n}` is on {t.device} but `{names[0]}` is on {first}; "
+                "move them to one device"
+            )
+
+
+# Reading a GPU tensor's check waits for the GPU to finish all the work queued before it, so a
+# model that checked its parameters at every call would stall the GPU dozens of times per
+# forward pass. A parameter changes only when written in place, which bumps its version counter
+# (optimizer steps, load_state_dict and nn.init all do): off the CPU, a tensor found finite is
+# not checked again until its version changes. Writes through `.data` bypass the counter and so
+# this cache, as they bypass autograd's own checks. Keys are ids, dropped when the tensor dies.
+_found_finite: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _known_finite(x: torch.Tensor) -> bool:
+    entry = _found_finite.get(id(x))
+    return entry is not None and entry[0]() is x and entry[1] == x._version
+
+
+def _cacheable(x: torch.Tensor) -> bool:
+    """Off the CPU (on the CPU a check is cheap), and not an inference tensor (no version)."""
+    return x.device.type != "cpu" and not x.is_inference()
+
+
+def _remember_finite(x: torch.Tensor) -> None:
+    if not _cacheable(x):
+        return
+    key = id(x)
+    _found_finite[key] = (weakref.ref(x, lambda _, key=key: _found_finite.pop(key, None)), x._version)
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every element of x is finite. A float32/float64 CPU tensor is read through NumPy:
+    the same answer at a third of the cost of two dispatched torch ops, which counts because
+    every scan call checks its parameters."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous():
+        return bool(np.isfinite(x.detach().numpy()).all())
+    return bool(torch.isfinite(x).all())
+
+
+def check_finite(fn: str, name: str, x: torch.Tensor) -> None:
+    """`x` holds no NaN or infinity (used for parameters, whose non-finite values poison every
+    output). Off the CPU, an unchanged tensor already found finite is not read again."""
+    if _known_finite(x):
+        return
+    if not _all_finite(x):
+        bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+        raise ValueError(
+            f"{fn}: `{name}` must be finite, found {x[tuple(bad)].item()} at index {tuple(bad)}"
+        )
+    _remember_finite(x)
+
+
+def check_selective_scan_args(
+    fn: str,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[int, int, int, int, int]:
+    """Validate the selective scan's arguments (VMamba layout) and return `(b, k, d, l, n)`.
+
+    u, delta (b, k*d, l); A (k*d, n); B, C (b, k, n, l); D, delta_bias (k*d,);
+    initial_state (b, k*d, n). Parameters A, D and delta_bias must be finite.
+    """
+    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
+        check_tensor(fn, name, t)
+    check_shape(fn, "u", u, (None, None, None), "b k*d l")
+    b, kd, l = u.shape
+    check_shape(fn, "B", B, (b, None, None, l), "b k n l")
+    _, k, n, _ = B.shape
+    if k < 1 or kd % k != 0:
+        raise ValueError(
+            f"{fn}: the route count k={k} (dim 1 of `B`) must divide the channel count "
+            f"k*d={kd} (dim 1 of `u`)"
+        )
+    if n < 1:
+        raise ValueError(f"{fn}: the state size n (dim 2 of `B`) must be at least 1, got {n}")
+    d = kd // k
+    check_shape(fn, "delta", delta, (b, kd, l), "b k*d l")
+    check_shape(fn, "A", A, (kd, n), "k*d n")
+    check_shape(fn, "C", C, (b, k, n, l), "b k n l")
+    check_same_dtype(fn, ("u", "delta", "B", "C"), (u, delta, B, C))
+    tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C}
+    check_finite(fn, "A", A)
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None:
+            check_tensor(fn, name, t)
+            check_shape(fn, name, t, (kd,), "k*d")
+            check_finite(fn, name, t)
+            tensors[name] = t
+    if initial_state is not None:
+        check_tensor(fn, "initial_state", initial_state)
+        check_shape(fn, "initial_state", initial_state, (b, kd, n), "b k*d n")
+        tensors["initial_state"] = initial_state
+    check_same_device(fn, list(tensors), list(tensors.values()))
+    return b, k, d, l, n
+
+
+def check_grid(fn: str, name: str, x: torch.Tensor, routes: int | None = None) -> None:
+    """A feature map (b, d, h, w), or with `routes` a per-route map (b, k, d, h, w)."""
+    check_tensor(fn, name, x)
+    if routes is None:
+        check_shape(fn, name, x, (None, None, None, None), "b d h w")
+    else:
+        check_shape(fn, name, x, (None, routes, None, None, None), "b k d h w")
+
+
+def check_ss2d_core_args(
+    fn: str,
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+) -> tuple[int, int, int, int, int]:
+    """Validate the grid layouts of the SS2D core and return `(b, d, h, w, n)`; the scan's own
+    check covers dtypes, A, D and delta_bias."""
+    check_grid(fn, "x", x)
+    b, d, h, w = x.shape
+    for name, t in (("delta", delta), ("B", B), ("C", C), ("A", A)):
+        check_tensor(fn, name, t)
+    check_shape(fn, "delta", delta, (b, ROUTES, d, h, w), "b k d h w")
+    check_shape(fn, "B", B, (b, ROUTES, None, h, w), "b k n h w")
+    n = B.shape[2]
+    check_shape(fn, "C", C, (b, ROUTES, n, h, w), "b k n h w")
+    return b, d, h, w, n
+
+
+# ------------------------------------------------------------------------------------------------
+# Backends: the op protocol, its error, and the loader
+# ------------------------------------------------------------------------------------------------
+
+BackendName = Literal["ref", "numba", "triton", "torch"]
+BACKENDS: tuple[str, ...] = get_args(BackendName)
+
+# backend -> (module whose `OPS` it loads, the package it needs besides torch, or None)
+BACKEND_MODULES: dict[str, tuple[str, str | None]] = {
+    "ref": ("vmamba_ref", None),  # the readable loops (the oracle): any device
+    "numba": ("vmamba_fast.numba", "numba"),  # CPU tensors
+    "triton": ("vmamba_fast.triton", "triton"),  # CUDA tensors (the CPU under TRITON_INTERPRET=1)
+    "torch": ("vmamba_fast.pytorch", None),  # plain PyTorch, any device: what export traces
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run here; the message says what to install or pass."""
+
+
+@dataclass(frozen=True)
+class ScanOps:
+    """The four operators a backend provides, each with the reference's signature."""
+
+    name: str
+    cross_scan: Callable
+    cross_merge: Callable
+    selective_scan: Callable
+    ss2d_core: Callable
+
+
+def check_backend_name(backend: object) -> str:
+    """Return `backend` if it names a backend, else raise ValueError listing the names."""
+    if backend not in BACKEND_MODULES:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    return backend  # type: ignore[return-value]
+
+
+def is_available(backend: str) -> bool:
+    """True when `backend`'s optional dependency is installed."""
+    package = BACKEND_MODULES[check_backend_name(backend)][1]
+    return package is None or importlib.util.find_spec(package) is not None
+
+
+def available_backends() -> list[str]:
+    """The backends whose dependencies are installed, fastest first."""
+    return [name for name in ("numba", "triton", "torch", "ref") if is_available(name)]
+
+
+def fastest_backend(device: str = "cpu") -> str:
+    """The fastest backend installed for `device`: on the CPU numba, else the plain-PyTorch
+    parallel scan "torch"; on a GPU triton, else "torch". For programs that pick for the user;
+    they should say which one they picked."""
+    preferred = "numba" if str(device).startswith("cpu") else "triton"
+    return preferred if is_available(preferred) else "torch"
+
+
+_LOADED: dict[str, ScanOps] = {}
+
+
+def get_ops(backend: str) -> ScanOps:
+    """The scan operators of `backend`, its module imported on first use. The one place a backend
+    name is checked: ValueError for an unknown name, BackendUnavailableError (saying what to
+    install or pass) when its dependency is missing."""
+    ops = _LOADED.get(backend) if isinstance(backend, str) else None
+    if ops is not None:
+        return ops
+    module, package = BACKEND_MODULES[check_backend_name(backend)]
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise BackendUnavailableError(
+            f"backend {backend!r} needs the `{package}` package: "
+            f"pip install 'vmamba[{backend}]', or pass backend='ref'"
+        )
+    ops = importlib.import_module(module).OPS
+    _LOADED[backend] = ops
+    return ops
