@@ -43,22 +43,24 @@ def step_size(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softpl
 
 def discretize_A(dt: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """Zero-order hold: dA = exp(dt * A). dt (b, k*d), A (k*d, n) -> (b, k*d, n)."""
-    return torch.exp(torch.einsum("bc,cn->bcn", dt, A))
+    return torch.exp(dt[:, :, None] * A)  # (b, k*d, 1) * (k*d, n) -> (b, k*d, n)
 
 
 def discretize_B(dt: torch.Tensor, B: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Euler step for the input: dBu = dt * B * u. dt, u (b, k*d); B (b, k*d, n) -> (b, k*d, n)."""
-    return torch.einsum("bc,bcn,bc->bcn", dt, B, u)
+    return dt[:, :, None] * B * u[:, :, None]  # (b, k*d, 1) * (b, k*d, n) * (b, k*d, 1) -> (b, k*d, n)
 
 
-def recurrence_step(h: torch.Tensor, dA: torch.Tensor, dBu: torch.Tensor) -> torch.Tensor:
-    """h_t = dA_t * h_{t-1} + dBu_t. All (b, k*d, n)."""
-    return dA * h + dBu
+def recurrence_step(state: torch.Tensor, dA: torch.Tensor, dBu: torch.Tensor) -> torch.Tensor:
+    """h_t = dA_t * h_{t-1} + dBu_t, with `state` = h_{t-1} (the paper's h; in code `h` is the
+    grid height). All (b, k*d, n)."""
+    return dA * state + dBu
 
 
-def readout(h: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
-    """y_t = sum_n C_t[n] h_t[n] + D u_t. h, C (b, k*d, n); D (k*d,); u (b, k*d) -> (b, k*d)."""
-    y = torch.einsum("bcn,bcn->bc", C, h)  # (b, k*d)
+def readout(state: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
+    """y_t = sum_n C_t[n] h_t[n] + D u_t, with `state` = h_t. state, C (b, k*d, n); D (k*d,);
+    u (b, k*d) -> (b, k*d)."""
+    y = (C * state).sum(-1)  # (b, k*d, n) -> (b, k*d)
     return y if D is None else y + D * u
 
 
@@ -103,7 +105,7 @@ def selective_scan(
     B = B[:, :, None].expand(b, k, d, n, l).reshape(b, k * d, n, l)  # (b, k*d, n, l)
     C = C[:, :, None].expand(b, k, d, n, l).reshape(b, k * d, n, l)  # (b, k*d, n, l)
 
-    h = u.new_zeros(b, k * d, n) if initial_state is None else initial_state.to(dtype)  # (b, k*d, n)
+    state = u.new_zeros(b, k * d, n) if initial_state is None else initial_state.to(dtype)  # (b, k*d, n)
     # unbind() hands out one view per step; its backward is a single stack, not l full-size
     # zero tensors as indexing u[..., t] would give.
     steps = zip(u.unbind(-1), dt.unbind(-1), B.unbind(-1), C.unbind(-1), strict=True)
@@ -111,7 +113,7 @@ def selective_scan(
     for u_t, dt_t, B_t, C_t in steps:  # for t in range(l)
         dA = discretize_A(dt_t, A)  # (b, k*d, n)
         dBu = discretize_B(dt_t, B_t, u_t)  # (b, k*d, n)
-        h = recurrence_step(h, dA, dBu)  # (b, k*d, n)
-        ys.append(readout(h, C_t, D, u_t))  # (b, k*d)
+        state = recurrence_step(state, dA, dBu)  # (b, k*d, n)
+        ys.append(readout(state, C_t, D, u_t))  # (b, k*d)
     y = torch.stack(ys, dim=-1)  # (b, k*d, l)
-    return (y, h) if return_last_state else y
+    return (y, state) if return_last_state else y

@@ -101,28 +101,28 @@ def check_args(
     return b, k, kd // k, l, n
 
 
-def linear_recurrence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Solve h_t = a_t h_{t-1} + b_t with h_{-1} = 0 along the last axis, in parallel.
+def linear_recurrence(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
+    """Solve h_t = decay_t h_{t-1} + drive_t with h_{-1} = 0 along the last axis, in parallel.
 
-    a, b (..., l) -> h (..., l). Odd-even reduction: each even step is composed with the odd
-    step after it, the half-length recurrence of the pairs is solved recursively, and the even
-    steps are filled in from the odd ones before them.
+    decay, drive (..., l) -> states h (..., l). Odd-even reduction: each even step is composed
+    with the odd step after it, the half-length recurrence of the pairs is solved recursively,
+    and the even steps are filled in from the odd ones before them.
     """
-    l = a.shape[-1]
-    if l == 1:  # h_0 = a_0 h_{-1} + b_0 with h_{-1} = 0, written out so that a_0 gets its
-        return a * 0.0 + b  # (zero) gradient, as in the loop: DDP and AdamW see every parameter
+    l = decay.shape[-1]
+    if l == 1:  # h_0 = decay_0 h_{-1} + drive_0 with h_{-1} = 0, written out so that decay_0 gets
+        return decay * 0.0 + drive  # its (zero) gradient, as in the loop: DDP and AdamW see every parameter
     odd_length = l % 2 == 1
-    if odd_length:  # prepend the identity step (a, b) = (1, 0): it maps h_{-1} = 0 to 0
-        a = F.pad(a, (1, 0), value=1.0)  # (..., l + 1)
-        b = F.pad(b, (1, 0), value=0.0)  # (..., l + 1)
-    a_even, a_odd = a[..., 0::2], a[..., 1::2]  # (..., m) each, m = ceil(l / 2)
-    b_even, b_odd = b[..., 0::2], b[..., 1::2]  # (..., m) each
-    # Step 2i+1 after step 2i: (a_{2i+1} a_{2i}, a_{2i+1} b_{2i} + b_{2i+1}).
-    h_odd = linear_recurrence(a_odd * a_even, a_odd * b_even + b_odd)  # (..., m): h_{2i+1}
-    h_before_even = F.pad(h_odd[..., :-1], (1, 0))  # (..., m): h_{2i-1}, with h_{-1} = 0
-    h_even = a_even * h_before_even + b_even  # (..., m): h_{2i}
-    h = torch.stack([h_even, h_odd], dim=-1).flatten(-2)  # (..., 2m) interleaved
-    return h[..., 1:] if odd_length else h  # (..., l)
+    if odd_length:  # prepend the identity step (decay, drive) = (1, 0): it maps h_{-1} = 0 to 0
+        decay = F.pad(decay, (1, 0), value=1.0)  # (..., l + 1)
+        drive = F.pad(drive, (1, 0), value=0.0)  # (..., l + 1)
+    decay_even, decay_odd = decay[..., 0::2], decay[..., 1::2]  # (..., m) each, m = ceil(l / 2)
+    drive_even, drive_odd = drive[..., 0::2], drive[..., 1::2]  # (..., m) each
+    # Step 2i+1 after step 2i: (decay_{2i+1} decay_{2i}, decay_{2i+1} drive_{2i} + drive_{2i+1}).
+    states_odd = linear_recurrence(decay_odd * decay_even, decay_odd * drive_even + drive_odd)  # (..., m): h_{2i+1}
+    states_before_even = F.pad(states_odd[..., :-1], (1, 0))  # (..., m): h_{2i-1}, with h_{-1} = 0
+    states_even = decay_even * states_before_even + drive_even  # (..., m): h_{2i}
+    states = torch.stack([states_even, states_odd], dim=-1).flatten(-2)  # (..., 2m) interleaved
+    return states[..., 1:] if odd_length else states  # (..., l)
 
 
 def selective_scan(
@@ -162,15 +162,16 @@ def selective_scan(
     if delta_bias is not None:
         delta = delta + delta_bias[:, None]  # (b, k*d, l)
     dt = F.softplus(delta) if delta_softplus else delta  # (b, k*d, l)
-    dA = torch.exp(torch.einsum("bcl,cn->bcnl", dt, A))  # (b, k*d, n, l)
+    dA = torch.exp(torch.einsum("bkdl,kdn->bkdnl", dt.unflatten(1, (k, d)), A.unflatten(0, (k, d))))
+    dA = dA.flatten(1, 2)  # (b, k, d, n, l) -> (b, k*d, n, l)
     # Each route's B and C serve all d channels of that route.
     dtu = (dt * u).unflatten(1, (k, d))  # (b, k, d, l)
     dBu = torch.einsum("bkdl,bknl->bkdnl", dtu, B).flatten(1, 2)  # (b, k*d, n, l)
     if initial_state is not None:  # fold h_{-1} into the first step: dBu_0 += dA_0 h_{-1}
         first = dBu[..., :1] + dA[..., :1] * initial_state.to(dtype)[..., None]  # (b, k*d, n, 1)
         dBu = torch.cat([first, dBu[..., 1:]], dim=-1)  # (b, k*d, n, l)
-    h = linear_recurrence(dA, dBu)  # (b, k*d, n, l)
-    y = torch.einsum("bkdnl,bknl->bkdl", h.unflatten(1, (k, d)), C).flatten(1, 2)  # (b, k*d, l)
+    states = linear_recurrence(dA, dBu)  # (b, k*d, n, l): h_t at every step
+    y = torch.einsum("bkdnl,bknl->bkdl", states.unflatten(1, (k, d)), C).flatten(1, 2)  # (b, k*d, l)
     if D is not None:
         y = y + D[:, None] * u  # (b, k*d, l)
-    return (y, h[..., -1]) if return_last_state else y
+    return (y, states[..., -1]) if return_last_state else y

@@ -144,7 +144,7 @@ def prepare_image(image: np.ndarray, resolution: int, channels: int = 3) -> torc
         mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)  # (3,) each
     else:
         if x.shape[0] == 3:
-            x = torch.einsum("chw,c->hw", x, torch.tensor([0.299, 0.587, 0.114]))[None]  # (1, H, W)
+            x = (x * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True)  # (3, H, W) -> (1, H, W)
         mean, std = torch.tensor([GRAY_MEAN]), torch.tensor([GRAY_STD])  # (1,) each
     h, w = x.shape[1:]
     scale = resolution / min(h, w)
