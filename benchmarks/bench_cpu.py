@@ -5,7 +5,7 @@ the fused SS2D core against the three separate ops, and VMamba end to end.
     python benchmarks/bench_cpu.py --quick    # tiny shapes, a few seconds: checks the script runs
 
 Everything is measured in this one run and compared as ratios, because absolute timings on a
-shared machine drift between runs (perf_notes.md). Each timing is the best of a few runs
+shared machine drift between runs (by up to 20% here). Each timing is the best of a few runs
 (wall clock), the usual way to read a benchmark on a machine that other work also uses.
 
 Implementations of the selective scan (VMamba layout, float32):
@@ -476,47 +476,25 @@ def core_table(quick: bool) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Best time of each call over `rounds` rounds that run every call once, in turn: the
-    backends see the same mix of quiet and busy moments of the machine. Each call is run once
-    first as warm-up (Numba compiles, allocators grow)."""
-    for fn in calls.values():
-        fn()
-    best = dict.fromkeys(calls, math.inf)
-    for _ in range(rounds):
-        for name, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
-
-
 def model_table(quick: bool, budget: Budget) -> dict:
-    if importlib.util.find_spec("vmamba_ref.model") is None:
-        print("\n## End to end: vmamba_ref/model.py is not there; skipped\n")
-        return {}
-    from vmamba_ref.model import vmamba_mini, vmamba_tiny
+    """End to end, through `vmamba bench`'s own measurement (`vmamba_ref.tools.bench`), the one
+    home of model throughput: this script only picks the configurations and prints ratios."""
+    from vmamba_ref.tools.bench import BenchConfig, run_benchmark
 
-    fast = ["numba"]
-    if importlib.util.find_spec("vmamba_fast.pytorch") is not None:
-        fast.append("torch")
+    fast = ["numba", "torch"]
     # --quick checks the plumbing with the small test model; the full run measures VMamba-T.
-    name, build, size, batch = ("mini", vmamba_mini, 32, 2) if quick else ("T", vmamba_tiny, 224, 8)
-    print(f"\n## VMamba-{name} inference, {batch} images of {size}x{size}, float32 (images/s)\n")
-    torch.manual_seed(0)
-    images = torch.randn(batch, 3, size, size)
-    models = {backend: build(backend=backend).eval() for backend in [*fast, "ref"]}
-    with torch.no_grad():
-        results = {
-            ("tiny", k): t
-            for k, t in interleaved(
-                {k: (lambda m=models[k]: m(images)) for k in fast}, 1 if quick else 3
-            ).items()
-        }
-        if budget.allows(f"VMamba-{name} inference, ref"):  # minutes per batch: timed once
-            t0 = time.perf_counter()
-            models["ref"](images)
-            results[("tiny", "ref")] = time.perf_counter() - t0
+    model, size, batch = ("vmamba_mini", 32, 2) if quick else ("vmamba_tiny", 224, 8)
+    repeats = 1 if quick else 3
+    print(f"\n## {model} inference, {batch} images of {size}x{size}, float32 (images/s)\n")
+    results = {}
+    for backend in [*fast, "ref"]:
+        slow = backend == "ref"  # minutes per batch: timed once, and only within the budget
+        if slow and not budget.allows(f"{model} inference, ref"):
+            continue
+        config = BenchConfig(
+            model, backend, batch, size, warmup=0 if slow else 1, iters=1 if slow else repeats
+        )
+        results[("tiny", backend)] = min(run_benchmark(config).times_s)
     for backend in [*fast, "ref"]:
         if ("tiny", backend) in results:
             t = results[("tiny", backend)]
@@ -526,26 +504,11 @@ def model_table(quick: bool, budget: Budget) -> dict:
 
     size, batch = (32, 2) if quick else (64, 8)
     print(f"\n## vmamba_mini training step, {batch} images of {size}x{size} (ms)\n")
-    images = torch.randn(batch, 3, size, size)
-    labels = torch.randint(0, 10, (batch,))
-
-    def step_of(backend: str) -> Callable[[], None]:
-        torch.manual_seed(0)
-        model = vmamba_mini(backend=backend).train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01)
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(images), labels).backward()
-            opt.step()
-
-        return step
-
-    steps = {b: step_of(b) for b in fast}
-    if budget.allows("vmamba_mini training, ref"):
-        steps["ref"] = step_of("ref")
-    for backend, t in interleaved(steps, 1 if quick else 3).items():
-        results[("mini train", backend)] = t
+    for backend in [*fast, "ref"]:
+        if backend == "ref" and not budget.allows("vmamba_mini training, ref"):
+            continue
+        config = BenchConfig("vmamba_mini", backend, batch, size, warmup=1, iters=repeats, train=True)
+        results[("mini train", backend)] = t = min(run_benchmark(config).times_s)
         print(f"{backend:<8} {t * 1e3:>8.1f} ms per step")
     if ("mini train", "ref") in results:
         ratio = results[("mini train", "ref")] / results[("mini train", "numba")]

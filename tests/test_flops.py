@@ -35,7 +35,7 @@ SPEC_TINY_BY_OP = {"conv": 4.8119, "layer_norm": 0.0297, "scan": 0.0632, "linear
 
 
 def closed_form(config: VMambaConfig, b: int, height: int, width: int) -> dict[str, int]:
-    """The count by category, written out from the architecture (spec sections 2, 3 and 9),
+    """The count by category, written out from the architecture (paper section 3 and table 1; the authors' fvcore counting),
     independently of any tracing: every conv is b * out * in/groups * kh * kw * positions."""
     out = dict.fromkeys(CATEGORIES, 0)
 

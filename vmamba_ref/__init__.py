@@ -1,6 +1,7 @@
 """vmamba_ref: the readable reference implementation of VMamba, the oracle for every fast kernel.
 
-Dimension glossary (lowercase letters, so they never clash with the SSM matrices A, B, C, D):
+Dimension glossary (lowercase letters, so they never clash with the SSM matrices A, B, C, D).
+Each letter has one meaning everywhere in the project, code and docs:
 
 | letter | meaning                                     | VMamba-T, stage 1 at 224x224 |
 |--------|---------------------------------------------|------------------------------|
@@ -12,6 +13,17 @@ Dimension glossary (lowercase letters, so they never clash with the SSM matrices
 | d      | inner (SSM) channels, d = ssm_ratio * c     | 96                           |
 | n      | state size per channel (d_state)            | 1                            |
 | r      | rank of the step-size projection (dt_rank)  | 6                            |
+| e      | x_proj's outputs per route, e = r + 2n      | 8                            |
+
+Names that are not dimensions: `x` is a feature map on the grid, (b, c, h, w) or (b, d, h, w);
+`u` is a route sequence, the scan's input (b, k*d, l); `state` is the SSM state, the paper's
+h_t (in code `h` is always the height); `delta` the step-size logits and `dt` the step size
+softplus(delta + delta_bias), the paper's Δ.
+
+Where things are: `contract.py` (what every backend shares), the oracle (`cross_scan.py`,
+`selective_scan.py`, `ss2d_core.py`), the network (`config.py`, `layers.py`, `init.py`,
+`ss2d.py`, `model.py`, `checkpoint.py`), the kit (`testing/`) and the tools (`tools/`);
+docs/layout.md draws the arrows between them.
 
 The paper: Liu et al., "VMamba: Visual State Space Model", NeurIPS 2024. Its SS2D block reads a
 feature map along four routes (cross-scan), runs Mamba's selective scan (S6) on each, and sums

@@ -97,7 +97,7 @@ class VMambaConfig:
                 f"VMambaConfig.depths and dims need one entry per stage, got "
                 f"{len(self.depths)} depths and {len(self.dims)} dims"
             )
-        if any(n < 0 for n in self.depths) or any(c < 1 for c in self.dims):
+        if any(depth < 0 for depth in self.depths) or any(c < 1 for c in self.dims):
             raise ValueError(f"VMambaConfig: bad depths {self.depths} or dims {self.dims}")
         if self.stem == "conv2" and self.dims[0] % 2:
             raise ValueError(f"VMambaConfig: the conv2 stem needs an even dims[0], got {self.dims[0]}")

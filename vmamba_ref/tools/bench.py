@@ -1,6 +1,6 @@
 """Throughput of a VMamba model: images per second for one backend, batch size, resolution, dtype.
 
-The protocol is the official one (spec section 10, VMamba's `analyze/tp.py`), scaled down for a
+The protocol is the official one (VMamba's `analyze/tp.py`), scaled down for a
 CPU: one fixed batch of random images, `warmup` untimed passes, then `iters` timed passes, each
 timed on its own so that the spread is visible.
 
@@ -219,11 +219,11 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> BenchResult:
 
 def format_result(result: BenchResult) -> str:
     """A small table: images/s and ms per pass, median/min/max, and the overall mean."""
-    c = result.config
+    cfg = result.config
     head = (
-        f"{c.model}, backend {c.backend}, {c.mode}, {c.dtype}, batch {c.batch_size} at "
-        f"{c.resolution}x{c.resolution}, {c.device} ({result.device_name}, {result.threads} threads), "
-        f"{c.warmup} warm-up + {c.iters} timed passes"
+        f"{cfg.model}, backend {cfg.backend}, {cfg.mode}, {cfg.dtype}, batch {cfg.batch_size} at "
+        f"{cfg.resolution}x{cfg.resolution}, {cfg.device} ({result.device_name}, {result.threads} threads), "
+        f"{cfg.warmup} warm-up + {cfg.iters} timed passes"
     )
     ips, ms = result.images_per_s, result.ms_per_iter
     lines = [head, f"{'pass':<9}{'images/s':>12}{'ms/pass':>12}"]

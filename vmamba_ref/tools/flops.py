@@ -1,6 +1,6 @@
 """FLOP counting in the VMamba authors' convention, on the meta device, through torch's counter.
 
-VMamba reports FLOPs the way fvcore counts them (spec section 9): one multiply-add is one FLOP,
+VMamba reports FLOPs the way fvcore counts them (its `analyze/flops.py` and README): one multiply-add is one FLOP,
 and only these operators cost anything:
 
 | category     | operator                                   | FLOPs                                         |
@@ -507,14 +507,14 @@ def format_table(report: FlopReport, depth: int = 4) -> str:
     if depth < 1:
         raise ValueError(f"format_table: depth must be >= 1, got {depth}")
     unit, scale = _unit(report.total)
-    columns = [c for c in CATEGORIES if report.by_op[c]]
+    columns = [cat for cat in CATEGORIES if report.by_op[cat]]
     header = ["module", f"{unit}FLOPs", *columns, "share"]
-    rows = [["(total)", report.total, *(report.by_op[c] for c in columns), report.total]]
+    rows = [["(total)", report.total, *(report.by_op[cat] for cat in columns), report.total]]
     for name, per_cat in report.by_module.items():
         if name.count(".") < depth:
             total = sum(per_cat.values())
             rows.append(
-                ["  " * name.count(".") + name, total, *(per_cat[c] for c in columns), total]
+                ["  " * name.count(".") + name, total, *(per_cat[cat] for cat in columns), total]
             )
     share = max(report.total, 1)
     text_rows = [

@@ -1,4 +1,6 @@
-"""A small, complete training loop for the CPU examples: AdamW, cosine schedule, progress bar."""
+"""Training: the optimizer, schedule and step every run uses, and `fit`, the single-process loop of
+the CPU examples and the demo (`vmamba train` drives the same step across processes, with
+checkpoints)."""
 
 from __future__ import annotations
 
@@ -69,16 +71,43 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = 256) -> float:
     return correct / len(split.labels)
 
 
+def build_optimizer(
+    model: nn.Module, config: TrainConfig, steps_per_epoch: int, total: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW at `config.lr` with a one-epoch linear warm-up then cosine decay to 0 at `total`
+    steps: the one optimizer and schedule of every training run (`fit`, `vmamba train`)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    warmup = min(steps_per_epoch, total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+    return optimizer, scheduler
+
+
+def optimization_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
+) -> torch.Tensor:
+    """One step of every training run: cross-entropy, backward, optimizer and schedule step.
+    images (b, c, h, w), labels (b,) -> the loss (a 0-d tensor)."""
+    loss = F.cross_entropy(model(images), labels, label_smoothing=config.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss
+
+
 def fit(model: nn.Module, train: Split, test: Split, config: TrainConfig = TrainConfig(),
         progress: bool = True, max_steps: int | None = None) -> History:
     """Train `model` on `train`, evaluating on `test` after each epoch. `max_steps` cuts the run
     short (quick modes of the examples)."""
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train.labels) / config.batch_size)
     total = config.epochs * steps_per_epoch if max_steps is None else min(max_steps, config.epochs * steps_per_epoch)
-    warmup = min(steps_per_epoch, total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+    optimizer, scheduler = build_optimizer(model, config, steps_per_epoch, total)
     history = History()
     start_time = time.perf_counter()
     model.train()
@@ -91,11 +120,7 @@ def fit(model: nn.Module, train: Split, test: Split, config: TrainConfig = Train
                     break
                 idx = order[start : start + config.batch_size]
                 images = random_shift(train.images[idx], config.shift, generator)  # (b, c, h, w)
-                loss = F.cross_entropy(model(images), train.labels[idx], label_smoothing=config.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                loss = optimization_step(model, optimizer, scheduler, images, train.labels[idx], config)
                 history.step_loss.append(loss.item())
                 step += 1
                 bar.update(1)

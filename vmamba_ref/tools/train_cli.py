@@ -37,7 +37,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
@@ -47,7 +46,14 @@ from vmamba_ref.checkpoint import load_checkpoint, read_saved, save_checkpoint
 from vmamba_ref.contract import BACKENDS
 from vmamba_ref.model import MODELS, VMamba
 from vmamba_ref.tools.data import Split, load_digits
-from vmamba_ref.tools.train import History, TrainConfig, accuracy, random_shift, warmup_cosine
+from vmamba_ref.tools.train import (
+    History,
+    TrainConfig,
+    accuracy,
+    build_optimizer,
+    optimization_step,
+    random_shift,
+)
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -182,7 +188,6 @@ def _train(config: RunConfig, rank: int, world: int, device: torch.device) -> Tr
     train_split, test_split = load_digits(size=config.image_size, seed=tc.seed)
     test_split = Split(test_split.images.to(device), test_split.labels.to(device))
     model = MODELS[config.model](backend=config.backend, in_chans=1, num_classes=10).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     dataset = TensorDataset(train_split.images, train_split.labels)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=tc.seed, drop_last=True)
     loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, drop_last=True)
@@ -192,8 +197,7 @@ def _train(config: RunConfig, rank: int, world: int, device: torch.device) -> Tr
             f"--batch-size {tc.batch_size} x {world} processes exceeds the {len(dataset)} training images"
         )
     total = tc.epochs * steps_per_epoch
-    warmup = min(steps_per_epoch, total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+    optimizer, scheduler = build_optimizer(model, tc, steps_per_epoch, total)
 
     path = config.out / CHECKPOINT_NAME
     history, epoch, skip = History(), 0, 0
@@ -236,11 +240,7 @@ def _train(config: RunConfig, rank: int, world: int, device: torch.device) -> Tr
                 seed = step_seed(tc.seed, epoch, batch, rank)
                 torch.manual_seed(seed)  # stochastic depth of this step
                 images = random_shift(images, tc.shift, torch.Generator().manual_seed(seed)).to(device)  # (b, 1, s, s)
-                loss = F.cross_entropy(ddp(images), labels.to(device), label_smoothing=tc.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                loss = optimization_step(ddp, optimizer, scheduler, images, labels.to(device), tc)
                 step += 1
                 if main:
                     history.step_loss.append(loss.item())
