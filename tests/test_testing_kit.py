@@ -41,8 +41,9 @@ from vmamba_ref.testing import (
     ss2d_core_inputs,
     tolerance,
 )
-from vmamba_ref.testing.compare import REFERENCE_OPS, Rule, copy_layout
+from vmamba_ref.testing.mismatch import Rule
 from vmamba_ref.testing.mutants import MUTANTS, cross_merge_unwritten_element
+from vmamba_ref.testing.runs import REFERENCE_OPS, copy_layout
 
 PROFILE = "ci"  # derandomized: the same examples on every run
 OPS = list(REFERENCE_OPS)

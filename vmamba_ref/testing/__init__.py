@@ -9,10 +9,12 @@ Property-test your own kernel in a few lines (docs/testing.md walks through it):
 |-----------------|--------------------------------------------------------------------------------|
 | `strategies`    | Hypothesis strategies of valid inputs: `selective_scan_inputs()`, ...          |
 | `cases`         | the concrete cases those strategies draw, each rebuildable by a pasteable call |
+| `properties`    | `check_cross_scan`, ..., `check_kernel`, `make_test`: property tests            |
 | `compare`       | `assert_matches_reference(fn, inputs, op=...)`: one comparison, full report    |
-| `checks`        | `check_cross_scan`, ..., `check_kernel`, `make_test`: property tests            |
+| `runs`          | the reference ops by name, fresh input copies, the record of one comparison    |
+| `mismatch`      | `Rule` and `mismatch_report`: allowed error, and where a result exceeds it     |
 | `diagnose`      | names the likely bug behind a mismatch                                         |
-| `tolerances`    | the one tolerance table, per dtype                                             |
+| `tolerances`    | the one tolerance table, keyed by backend and dtype                            |
 | `nan_buffers`   | `nan_filled_empty()`: NaN-filled `empty` buffers so unwritten elements fail    |
 | `profiles`      | Hypothesis profiles `dev`, `ci`, `thorough`                                    |
 | `mutants`       | kernels with planted bugs, which the kit must catch                            |
@@ -33,16 +35,16 @@ _LAZY = {
     "KernelInputs": "cases",
     "SS2DCoreCase": "cases",
     "SelectiveScanCase": "cases",
-    "CheckReport": "checks",
-    "KernelMismatchError": "checks",
-    "check_cross_merge": "checks",
-    "check_cross_scan": "checks",
-    "check_kernel": "checks",
-    "check_selective_scan": "checks",
-    "check_ss2d_core": "checks",
-    "make_test": "checks",
+    "CheckReport": "properties",
+    "KernelMismatchError": "properties",
+    "check_cross_merge": "properties",
+    "check_cross_scan": "properties",
+    "check_kernel": "properties",
+    "check_selective_scan": "properties",
+    "check_ss2d_core": "properties",
+    "make_test": "properties",
     "assert_matches_reference": "compare",
-    "mismatch_report": "compare",
+    "mismatch_report": "mismatch",
     "nan_filled_empty": "nan_buffers",
     "load_profile": "profiles",
     "cross_merge_inputs": "strategies",

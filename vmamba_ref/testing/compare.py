@@ -2,7 +2,7 @@
 
 `assert_matches_reference(fn, inputs, op=...)` runs the user's `fn` on the inputs as given and
 the reference on the same values upcast to float64, then compares every output and, when asked,
-every gradient, with the numbers in `tolerances.py`:
+every gradient, with the numbers in `tolerances.py` (`mismatch.py` applies them):
 
 - float32/float64 inputs: `|fast - ref64| <= atol + rtol * |ref64|` elementwise.
 - float16/bfloat16 inputs: `max|fast - ref64| <= 2 * max|ref_lowp - ref64| + atol`, where
@@ -20,7 +20,6 @@ mismatches; inputs that `fn` modified in place; and, from `diagnose.py`, the lik
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -28,193 +27,12 @@ from typing import Any
 
 import torch
 
-from vmamba_ref.cross_scan import cross_merge, cross_scan
-from vmamba_ref.selective_scan import selective_scan
-from vmamba_ref.ss2d_core import ss2d_core
 from vmamba_ref.testing.cases import LOW_PRECISION, KernelInputs, describe_inputs
+from vmamba_ref.testing.diagnose import likely_causes
+from vmamba_ref.testing.mismatch import Rule, as_float64, low_precision_rule, mismatch_report
 from vmamba_ref.testing.nan_buffers import nan_filled_empty
+from vmamba_ref.testing.runs import Comparison, as_tuple, fresh_copies, reference_for
 from vmamba_ref.testing.tolerances import Tolerance, tolerance
-
-REFERENCE_OPS: dict[str, Callable[..., Any]] = {
-    "cross_scan": cross_scan,
-    "cross_merge": cross_merge,
-    "selective_scan": selective_scan,
-    "ss2d_core": ss2d_core,
-}
-FIRST_BAD = 5  # how many bad elements a report lists
-
-
-def reference_for(op: str | Callable[..., Any]) -> tuple[str, Callable[..., Any]]:
-    """`(name, function)` of the reference named by `op`, or of `op` itself when callable."""
-    if callable(op):
-        return getattr(op, "__name__", type(op).__name__), op
-    if op not in REFERENCE_OPS:
-        raise ValueError(f"op must be one of {list(REFERENCE_OPS)} or a callable, got {op!r}")
-    return op, REFERENCE_OPS[op]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """How far a result may be from the float64 reference: elementwise `atol + rtol * |ref|`,
-    or, for low-precision inputs, one bound on the largest error."""
-
-    tol: Tolerance
-    bound: float | None = None
-    baseline: float | None = None  # max|ref_lowp - ref64| behind `bound`
-
-    def allowed(self, ref: torch.Tensor) -> torch.Tensor | float:
-        """Allowed abs error per element of `ref` (float64)."""
-        if self.bound is not None:
-            return self.bound
-        return self.tol.atol + self.tol.rtol * ref.abs()
-
-    def describe(self) -> str:
-        """The rule in words, for a report."""
-        if self.bound is not None:
-            return (
-                f"low-precision rule: max error <= 2 * {self.baseline:.3e} + {self.tol.atol:g} "
-                f"= {self.bound:.3e}"
-            )
-        return f"|fn - ref| <= {self.tol.atol:g} + {self.tol.rtol:g} * |ref|"
-
-
-def low_precision_rule(tol: Tolerance, ref_lowp: torch.Tensor, ref64: torch.Tensor) -> Rule:
-    """The flash-attention rule: allow twice the error of the reference's own low-precision run."""
-    diff = (_f64(ref_lowp) - _f64(ref64)).abs()
-    baseline = float(diff.max()) if diff.numel() else 0.0
-    if math.isnan(baseline):
-        baseline = math.inf
-    return Rule(tol, bound=2.0 * baseline + tol.atol, baseline=baseline)
-
-
-def _f64(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to(device="cpu", dtype=torch.float64)
-
-
-def _index(flat: int, shape: Sequence[int]) -> tuple[int, ...]:
-    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), tuple(shape)))
-
-
-def _where(mask: torch.Tensor) -> str:
-    first = _index(int(mask.flatten().nonzero()[0]), mask.shape)
-    return f"{int(mask.sum())} element(s), first at {first}"
-
-
-def mismatch_report(
-    name: str, actual: torch.Tensor, expected: torch.Tensor, rule: Rule
-) -> str | None:
-    """None when `actual` matches `expected` under `rule`; else a multi-line report: count of bad
-    elements, max and mean abs error, the first bad indices with both values, NaN/inf mismatches."""
-    if tuple(actual.shape) != tuple(expected.shape):
-        return f"{name}: shape {tuple(actual.shape)}, reference {tuple(expected.shape)}"
-    a, e = _f64(actual), _f64(expected)
-    nan_a, nan_e = a.isnan(), e.isnan()
-    finite = a.isfinite() & e.isfinite()
-    inf_bad = (a.isinf() | e.isinf()) & ~nan_a & ~nan_e & (a != e)
-    err = torch.where(finite, (a - e).abs(), torch.zeros((), dtype=torch.float64))
-    bad = (finite & (err > rule.allowed(e))) | (nan_a != nan_e) | inf_bad
-    if not bool(bad.any()):
-        return None
-    lines = [f"{name}: {int(bad.sum())} of {bad.numel()} elements differ ({rule.describe()})"]
-    if bool(finite.any()):
-        worst = _index(int(err.flatten().argmax()), err.shape)
-        lines.append(
-            f"  max abs error {float(err.max()):.3e} at {worst} (fn {float(a[worst]):.7g}, "
-            f"reference {float(e[worst]):.7g}); mean abs error {float(err[finite].mean()):.3e}"
-        )
-    lines.append("  first bad elements:")
-    for flat in bad.flatten().nonzero()[:FIRST_BAD, 0].tolist():
-        i = _index(flat, bad.shape)
-        lines.append(f"    {i}: fn {float(a[i]):.7g}, reference {float(e[i]):.7g}")
-    if bool((nan_a & ~nan_e).any()):
-        lines.append(f"  NaN in fn but not in the reference: {_where(nan_a & ~nan_e)}")
-    if bool((nan_e & ~nan_a).any()):
-        lines.append(f"  NaN in the reference but not in fn: {_where(nan_e & ~nan_a)}")
-    if bool(inf_bad.any()):
-        lines.append(
-            f"  inf mismatch (fn and reference differ, one being infinite): {_where(inf_bad)}"
-        )
-    return "\n".join(lines)
-
-
-def primary_dtype(inputs: dict[str, Any]) -> torch.dtype:
-    """The dtype that picks the tolerance: that of the first floating tensor argument
-    (u, x or ys for the scan operators)."""
-    for value in inputs.values():
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return value.dtype
-    raise ValueError("inputs hold no floating-point tensor")
-
-
-def copy_layout(t: torch.Tensor, requires_grad: bool = False) -> torch.Tensor:
-    """A fresh leaf with `t`'s values, dtype, device and strides; storage gaps of a strided
-    layout are NaN. Overlapping layouts (stride 0) come back contiguous."""
-    src = t.detach()
-    overlapping = any(
-        st == 0 and size > 1 for st, size in zip(src.stride(), src.shape, strict=True)
-    )
-    if src.is_contiguous() or overlapping or src.numel() == 0:
-        out = src.clone(memory_format=torch.contiguous_format)
-    else:
-        span = 1 + sum((size - 1) * st for size, st in zip(src.shape, src.stride(), strict=True))
-        base = torch.full((span,), math.nan, dtype=src.dtype, device=src.device)
-        out = base.as_strided(src.shape, src.stride())
-        out.copy_(src)
-    return out.requires_grad_(requires_grad)
-
-
-def fresh_copies(
-    inputs: dict[str, Any], grad_names: Sequence[str], dtype: torch.dtype | None = None
-) -> dict[str, Any]:
-    """Leaf copies of the tensor inputs, requiring grad for `grad_names`: cast to `dtype` if
-    given, else in the same dtype, device and strides (`copy_layout`)."""
-    out = {}
-    for name, value in inputs.items():
-        if isinstance(value, torch.Tensor):
-            if dtype is not None and value.is_floating_point():
-                value = value.detach().to(dtype).requires_grad_(name in grad_names)
-            else:
-                value = copy_layout(value, name in grad_names)
-        out[name] = value
-    return out
-
-
-def as_tuple(out: Any) -> tuple[Any, ...]:
-    """An operator's result as a tuple of outputs."""
-    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
-
-
-def _output_names(n: int) -> list[str]:
-    return ["output"] if n == 1 else [f"output[{i}]" for i in range(n)]
-
-
-def _grads(
-    outputs: Sequence[torch.Tensor],
-    cotangents: Sequence[torch.Tensor],
-    leaves: Sequence[torch.Tensor],
-) -> list[torch.Tensor | None]:
-    pairs = [(o, c) for o, c in zip(outputs, cotangents, strict=True) if o.requires_grad]
-    grads = torch.autograd.grad(
-        [o for o, _ in pairs], list(leaves), [c for _, c in pairs], allow_unused=True
-    )
-    return list(grads)
-
-
-@dataclass
-class Comparison:
-    """Everything one comparison computed, for the report and for `diagnose.py`."""
-
-    fn_name: str
-    op_name: str
-    reference: Callable[..., Any]
-    inputs: dict[str, Any]
-    fn_out: tuple[torch.Tensor, ...]
-    ref_out: tuple[torch.Tensor, ...]  # float64
-    output_rules: list[Rule]
-    output_problems: list[str]
-    grad_problems: dict[str, str]
-    grad_names: list[str]
-    nan_fill: bool
 
 
 def assert_matches_reference(
@@ -248,127 +66,44 @@ def assert_matches_reference(
     Raises:
         AssertionError: with the mismatch report.
     """
-    from vmamba_ref.testing.diagnose import likely_causes
-
     op_name, reference = reference_for(op)
     fn_name = getattr(fn, "__name__", type(fn).__name__)
     dtype = primary_dtype(inputs)
     tol, grad_tol = tolerance(dtype), tolerance(dtype, grad=True)
     low = dtype in LOW_PRECISION
-    floating = [
-        k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
-    ]
-    if check_grad is False:
-        grad_names: list[str] = []
-    else:
-        grad_names = [k for k in floating if inputs[k].requires_grad]
-        if check_grad and not grad_names:
-            grad_names = floating
-    header = (
-        f"{fn_name} does not match the reference {op_name}\n  inputs: {describe_inputs(inputs)}"
-    )
-    if isinstance(inputs, KernelInputs):
-        header += f"\n  rebuild with: {inputs!r}"
+    grad_names = _gradient_inputs(inputs, check_grad)
+    header = _report_header(fn_name, op_name, inputs)
 
-    ref_inputs = fresh_copies(inputs, grad_names, torch.float64)
-    ref_out = as_tuple(reference(**ref_inputs))  # float64
-    if dtype == torch.float64:
-        native_inputs, native_out = ref_inputs, ref_out
-    else:
-        native_inputs = fresh_copies(inputs, grad_names if low else [])
-        with torch.set_grad_enabled(low and bool(grad_names)):
-            native_out = as_tuple(reference(**native_inputs))  # the reference in inputs' dtypes
-
+    ref = _run_reference(reference, inputs, grad_names, dtype)
     fn_inputs = fresh_copies(inputs, grad_names)
     before = {k: v.detach().clone() for k, v in fn_inputs.items() if isinstance(v, torch.Tensor)}
-    try:
-        with nan_filled_empty() if nan_fill else nullcontext():
-            fn_out = as_tuple(fn(**fn_inputs))
-    except Exception as err:
-        autograd = grad_names and "grad" in str(err)
-        hint = " (pass check_grad=False if fn does not support autograd)" if autograd else ""
-        raise AssertionError(
-            f"{header}\n{fn_name} raised {type(err).__name__}: {err}{hint}"
-        ) from err
-
-    structure = _structure_problems(fn_out, native_out)
+    fn_out = _run_fn(fn, fn_inputs, header, fn_name, grad_names, nan_fill)
+    structure = _structure_problems(fn_out, ref.native_out)
     if structure:
         raise AssertionError(header + "\n" + "\n".join(structure))
 
-    names = _output_names(len(ref_out))
-    rules = [
-        low_precision_rule(tol, n, r) if low else Rule(tol)
-        for n, r in zip(native_out, ref_out, strict=True)
-    ]
-    output_problems = [
-        p
-        for name, f, r, rule in zip(names, fn_out, ref_out, rules, strict=True)
-        if (p := mismatch_report(name, f, r, rule)) is not None
-    ]
-
-    grad_problems: dict[str, str] = {}
-    compared = False
-    if grad_names:
-        fn_needs = [o.requires_grad for o in fn_out]
-        if not any(fn_needs):
-            if check_grad:
-                raise AssertionError(
-                    f"{header}\n{fn_name}'s output does not require grad although its inputs "
-                    "do: fn does not support autograd (pass check_grad=False to test the "
-                    "forward pass only)"
-                )
-        else:
-            compared = True
-            gen = torch.Generator().manual_seed(seed)
-            cotangents = [  # the same values for both sides, rounded to fn's output dtype
-                torch.rand(r.shape, generator=gen, dtype=torch.float64)
-                .mul(2)
-                .sub(1)
-                .to(device=r.device, dtype=n.dtype)
-                for r, n in zip(ref_out, native_out, strict=True)
-            ]
-            try:
-                with nan_filled_empty() if nan_fill else nullcontext():
-                    fn_grads = _grads(
-                        fn_out,
-                        [c.to(o.device) for c, o in zip(cotangents, fn_out, strict=True)],
-                        [fn_inputs[k] for k in grad_names],
-                    )
-            except Exception as err:
-                raise AssertionError(
-                    f"{header}\n{fn_name}'s backward raised {type(err).__name__}: {err}"
-                ) from err
-            ref_grads = _grads(
-                ref_out,
-                [c.to(torch.float64) for c in cotangents],
-                [ref_inputs[k] for k in grad_names],
-            )
-            native_grads = (
-                _grads(native_out, cotangents, [native_inputs[k] for k in grad_names])
-                if low
-                else ref_grads
-            )
-            for k, g_fn, g_ref, g_low in zip(
-                grad_names, fn_grads, ref_grads, native_grads, strict=True
-            ):
-                problem = _grad_problem(k, inputs[k], g_fn, g_ref, g_low, grad_tol, low)
-                if problem is not None:
-                    grad_problems[k] = problem
-            for i, needs in enumerate(fn_needs):
-                if not needs and ref_out[i].requires_grad:
-                    grad_problems.setdefault(
-                        f"({names[i]})",
-                        f"{names[i]} of fn does not require grad: no gradient flows back through it",
-                    )
-
-    changed = [
-        k
-        for k, v in before.items()
-        if not bool(
-            ((fn_inputs[k].detach() == v) | (fn_inputs[k].detach().isnan() & v.isnan())).all()
+    rules = _output_rules(tol, ref, low)
+    output_problems = _output_problems(fn_out, ref.out64, rules)
+    compared = bool(grad_names) and _has_gradients(fn_out, header, fn_name, check_grad)
+    grad_problems = (
+        _gradient_problems(
+            fn_out,
+            fn_inputs,
+            ref,
+            inputs,
+            grad_names,
+            grad_tol,
+            low=low,
+            seed=seed,
+            nan_fill=nan_fill,
+            failure_prefix=f"{header}\n{fn_name}'s backward",
         )
-    ]
+        if compared
+        else {}
+    )
+
     problems = output_problems + list(grad_problems.values())
+    changed = _modified_inputs(before, fn_inputs)
     if changed:
         problems.append(f"fn modified its input(s) {', '.join(changed)} in place")
     if problems:
@@ -378,19 +113,105 @@ def assert_matches_reference(
             reference,
             inputs,
             fn_out,
-            ref_out,
+            ref.out64,
             rules,
             output_problems,
             grad_problems,
             grad_names,
             nan_fill,
         )
-        causes = likely_causes(fn, op, comparison)
-        text = header + "\n" + "\n".join(problems)
-        if causes:
-            text += "\nlikely cause:\n" + "\n".join(f"  - {c}" for c in causes)
-        raise AssertionError(text)
+        raise AssertionError(_failure_report(header, problems, likely_causes(fn, op, comparison)))
     return compared
+
+
+# ---------------------------------------------------------------- the steps, in the order they run
+
+
+def primary_dtype(inputs: dict[str, Any]) -> torch.dtype:
+    """The dtype that picks the tolerance: that of the first floating tensor argument
+    (u, x or ys for the scan operators)."""
+    for value in inputs.values():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.dtype
+    raise ValueError("inputs hold no floating-point tensor")
+
+
+def _gradient_inputs(inputs: dict[str, Any], check_grad: bool | None) -> list[str]:
+    """The inputs whose gradients are compared (see `assert_matches_reference`'s `check_grad`)."""
+    if check_grad is False:
+        return []
+    floating = [
+        k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+    ]
+    grad_names = [k for k in floating if inputs[k].requires_grad]
+    if check_grad and not grad_names:
+        return floating
+    return grad_names
+
+
+def _report_header(fn_name: str, op_name: str, inputs: dict[str, Any]) -> str:
+    """The first lines of every failure: what was compared, on which inputs, and how to rebuild
+    them when they come from a case."""
+    header = (
+        f"{fn_name} does not match the reference {op_name}\n  inputs: {describe_inputs(inputs)}"
+    )
+    if isinstance(inputs, KernelInputs):
+        header += f"\n  rebuild with: {inputs!r}"
+    return header
+
+
+@dataclass
+class _ReferenceRuns:
+    """The reference on the inputs upcast to float64, and on the inputs as given."""
+
+    inputs64: dict[str, Any]
+    out64: tuple[torch.Tensor, ...]
+    native_inputs: dict[str, Any]
+    native_out: tuple[torch.Tensor, ...]  # in the inputs' dtypes; `out64` for float64 inputs
+
+
+def _run_reference(
+    reference: Callable[..., Any],
+    inputs: dict[str, Any],
+    grad_names: Sequence[str],
+    dtype: torch.dtype,
+) -> _ReferenceRuns:
+    """Run the reference in float64 and in the inputs' own dtypes. Only the low-precision run
+    keeps its graph: its gradients set the low-precision rule's baseline."""
+    inputs64 = fresh_copies(inputs, grad_names, torch.float64)
+    out64 = as_tuple(reference(**inputs64))
+    if dtype == torch.float64:
+        return _ReferenceRuns(inputs64, out64, inputs64, out64)
+    low = dtype in LOW_PRECISION
+    native_inputs = fresh_copies(inputs, grad_names if low else [])
+    with torch.set_grad_enabled(low and bool(grad_names)):
+        native_out = as_tuple(reference(**native_inputs))
+    return _ReferenceRuns(inputs64, out64, native_inputs, native_out)
+
+
+def _run_fn(
+    fn: Callable[..., Any],
+    fn_inputs: dict[str, Any],
+    header: str,
+    fn_name: str,
+    grad_names: Sequence[str],
+    nan_fill: bool,
+) -> tuple[Any, ...]:
+    """`fn`'s outputs; an exception it raises becomes the failure, with a hint when it is about
+    autograd."""
+    try:
+        with nan_filled_empty() if nan_fill else nullcontext():
+            return as_tuple(fn(**fn_inputs))
+    except Exception as err:
+        autograd = grad_names and "grad" in str(err)
+        hint = " (pass check_grad=False if fn does not support autograd)" if autograd else ""
+        raise AssertionError(
+            f"{header}\n{fn_name} raised {type(err).__name__}: {err}{hint}"
+        ) from err
+
+
+def _output_names(n: int) -> list[str]:
+    return ["output"] if n == 1 else [f"output[{i}]" for i in range(n)]
 
 
 def _structure_problems(fn_out: tuple[Any, ...], native_out: tuple[Any, ...]) -> list[str]:
@@ -411,6 +232,119 @@ def _structure_problems(fn_out: tuple[Any, ...], native_out: tuple[Any, ...]) ->
     return problems
 
 
+def _output_rules(tol: Tolerance, ref: _ReferenceRuns, low: bool) -> list[Rule]:
+    """One rule per output: elementwise, or the low-precision bound from the reference's own
+    low-precision error on that output."""
+    return [
+        low_precision_rule(tol, n, r) if low else Rule(tol)
+        for n, r in zip(ref.native_out, ref.out64, strict=True)
+    ]
+
+
+def _output_problems(
+    fn_out: Sequence[torch.Tensor], out64: Sequence[torch.Tensor], rules: Sequence[Rule]
+) -> list[str]:
+    """A mismatch report for each output that breaks its rule."""
+    names = _output_names(len(out64))
+    return [
+        p
+        for name, f, r, rule in zip(names, fn_out, out64, rules, strict=True)
+        if (p := mismatch_report(name, f, r, rule)) is not None
+    ]
+
+
+def _has_gradients(
+    fn_out: Sequence[torch.Tensor], header: str, fn_name: str, check_grad: bool | None
+) -> bool:
+    """Whether gradients can be compared: some output of `fn` requires grad. When none does,
+    check_grad=None skips the gradients and check_grad=True fails."""
+    if any(o.requires_grad for o in fn_out):
+        return True
+    if check_grad:
+        raise AssertionError(
+            f"{header}\n{fn_name}'s output does not require grad although its inputs "
+            "do: fn does not support autograd (pass check_grad=False to test the "
+            "forward pass only)"
+        )
+    return False
+
+
+def _gradient_problems(
+    fn_out: Sequence[torch.Tensor],
+    fn_inputs: dict[str, Any],
+    ref: _ReferenceRuns,
+    inputs: dict[str, Any],
+    grad_names: Sequence[str],
+    tol: Tolerance,
+    *,
+    low: bool,
+    seed: int,
+    nan_fill: bool,
+    failure_prefix: str,
+) -> dict[str, str]:
+    """Backpropagate the same random cotangent through `fn` and the reference; a report for
+    each input whose gradient differs and for each output of `fn` that gradients cannot flow
+    back through."""
+    cotangents = _cotangents(ref, seed)
+    try:
+        with nan_filled_empty() if nan_fill else nullcontext():
+            fn_grads = _grads(
+                fn_out,
+                [c.to(o.device) for c, o in zip(cotangents, fn_out, strict=True)],
+                [fn_inputs[k] for k in grad_names],
+            )
+    except Exception as err:
+        raise AssertionError(f"{failure_prefix} raised {type(err).__name__}: {err}") from err
+    ref_grads = _grads(
+        ref.out64,
+        [c.to(torch.float64) for c in cotangents],
+        [ref.inputs64[k] for k in grad_names],
+    )
+    low_grads = (
+        _grads(ref.native_out, cotangents, [ref.native_inputs[k] for k in grad_names])
+        if low
+        else ref_grads
+    )
+    problems: dict[str, str] = {}
+    for k, g_fn, g_ref, g_low in zip(grad_names, fn_grads, ref_grads, low_grads, strict=True):
+        problem = _grad_problem(k, inputs[k], g_fn, g_ref, g_low, tol, low)
+        if problem is not None:
+            problems[k] = problem
+    names = _output_names(len(ref.out64))
+    for name, o, r in zip(names, fn_out, ref.out64, strict=True):
+        if not o.requires_grad and r.requires_grad:
+            problems.setdefault(
+                f"({name})",
+                f"{name} of fn does not require grad: no gradient flows back through it",
+            )
+    return problems
+
+
+def _cotangents(ref: _ReferenceRuns, seed: int) -> list[torch.Tensor]:
+    """A seeded random cotangent per output, in [-1, 1), rounded to the output's dtype: the same
+    values for both sides."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        torch.rand(r.shape, generator=gen, dtype=torch.float64)
+        .mul(2)
+        .sub(1)
+        .to(device=r.device, dtype=n.dtype)
+        for r, n in zip(ref.out64, ref.native_out, strict=True)
+    ]
+
+
+def _grads(
+    outputs: Sequence[torch.Tensor],
+    cotangents: Sequence[torch.Tensor],
+    leaves: Sequence[torch.Tensor],
+) -> list[torch.Tensor | None]:
+    pairs = [(o, c) for o, c in zip(outputs, cotangents, strict=True) if o.requires_grad]
+    grads = torch.autograd.grad(
+        [o for o, _ in pairs], list(leaves), [c for _, c in pairs], allow_unused=True
+    )
+    return list(grads)
+
+
 def _grad_problem(
     name: str,
     leaf: torch.Tensor,
@@ -424,8 +358,27 @@ def _grad_problem(
     zeros = torch.zeros(leaf.shape, dtype=torch.float64)
     g_ref = zeros if g_ref is None else g_ref
     if g_fn is None:
-        if bool((_f64(g_ref) != 0).any()):
+        if bool((as_float64(g_ref) != 0).any()):
             return f"{label}: fn gives none (it does not flow back to `{name}`), the reference does"
         return None
     rule = low_precision_rule(tol, zeros if g_low is None else g_low, g_ref) if low else Rule(tol)
     return mismatch_report(label, g_fn, g_ref, rule)
+
+
+def _modified_inputs(before: dict[str, torch.Tensor], fn_inputs: dict[str, Any]) -> list[str]:
+    """The inputs whose values `fn` changed (NaN where it was NaN counts as unchanged)."""
+    return [
+        k
+        for k, v in before.items()
+        if not bool(
+            ((fn_inputs[k].detach() == v) | (fn_inputs[k].detach().isnan() & v.isnan())).all()
+        )
+    ]
+
+
+def _failure_report(header: str, problems: Sequence[str], causes: Sequence[str]) -> str:
+    """The AssertionError message: the header, every problem, then the likely causes."""
+    text = header + "\n" + "\n".join(problems)
+    if causes:
+        text += "\nlikely cause:\n" + "\n".join(f"  - {c}" for c in causes)
+    return text

@@ -25,14 +25,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vmamba_ref.testing.compare import (
-    REFERENCE_OPS,
-    Comparison,
-    as_tuple,
-    fresh_copies,
-    mismatch_report,
-)
+from vmamba_ref.testing.mismatch import mismatch_report
 from vmamba_ref.testing.nan_buffers import nan_filled_empty
+from vmamba_ref.testing.runs import REFERENCE_OPS, Comparison, as_tuple, fresh_copies
 
 
 def likely_causes(fn: Callable[..., Any], op: str | Callable[..., Any], c: Comparison) -> list[str]:

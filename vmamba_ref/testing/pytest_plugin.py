@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from vmamba_ref.testing import checks
+import vmamba_ref.testing.properties as properties
 from vmamba_ref.testing.nan_buffers import nan_filled_empty
 
 
@@ -64,33 +64,33 @@ def _with_examples(check: Callable[..., Any], examples: int | None) -> Callable[
 
 
 @pytest.fixture
-def check_kernel(vmamba_examples: int | None) -> Callable[..., checks.CheckReport]:
-    """`checks.check_kernel` with `--vmamba-examples` as the default `max_examples`."""
-    return _with_examples(checks.check_kernel, vmamba_examples)
+def check_kernel(vmamba_examples: int | None) -> Callable[..., properties.CheckReport]:
+    """`properties.check_kernel` with `--vmamba-examples` as the default `max_examples`."""
+    return _with_examples(properties.check_kernel, vmamba_examples)
 
 
 @pytest.fixture
-def check_cross_scan(vmamba_examples: int | None) -> Callable[..., checks.CheckReport]:
-    """`checks.check_cross_scan` with `--vmamba-examples` as the default `max_examples`."""
-    return _with_examples(checks.check_cross_scan, vmamba_examples)
+def check_cross_scan(vmamba_examples: int | None) -> Callable[..., properties.CheckReport]:
+    """`properties.check_cross_scan` with `--vmamba-examples` as the default `max_examples`."""
+    return _with_examples(properties.check_cross_scan, vmamba_examples)
 
 
 @pytest.fixture
-def check_cross_merge(vmamba_examples: int | None) -> Callable[..., checks.CheckReport]:
-    """`checks.check_cross_merge` with `--vmamba-examples` as the default `max_examples`."""
-    return _with_examples(checks.check_cross_merge, vmamba_examples)
+def check_cross_merge(vmamba_examples: int | None) -> Callable[..., properties.CheckReport]:
+    """`properties.check_cross_merge` with `--vmamba-examples` as the default `max_examples`."""
+    return _with_examples(properties.check_cross_merge, vmamba_examples)
 
 
 @pytest.fixture
-def check_selective_scan(vmamba_examples: int | None) -> Callable[..., checks.CheckReport]:
-    """`checks.check_selective_scan` with `--vmamba-examples` as the default `max_examples`."""
-    return _with_examples(checks.check_selective_scan, vmamba_examples)
+def check_selective_scan(vmamba_examples: int | None) -> Callable[..., properties.CheckReport]:
+    """`properties.check_selective_scan` with `--vmamba-examples` as the default `max_examples`."""
+    return _with_examples(properties.check_selective_scan, vmamba_examples)
 
 
 @pytest.fixture
-def check_ss2d_core(vmamba_examples: int | None) -> Callable[..., checks.CheckReport]:
-    """`checks.check_ss2d_core` with `--vmamba-examples` as the default `max_examples`."""
-    return _with_examples(checks.check_ss2d_core, vmamba_examples)
+def check_ss2d_core(vmamba_examples: int | None) -> Callable[..., properties.CheckReport]:
+    """`properties.check_ss2d_core` with `--vmamba-examples` as the default `max_examples`."""
+    return _with_examples(properties.check_ss2d_core, vmamba_examples)
 
 
 @pytest.fixture

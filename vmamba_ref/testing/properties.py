@@ -25,8 +25,9 @@ import torch
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
 
-from vmamba_ref.testing import profiles  # noqa: F401  (registers the settings profiles)
-from vmamba_ref.testing.compare import assert_matches_reference, reference_for
+import vmamba_ref.testing.profiles  # noqa: F401  (importing it registers the settings profiles)
+from vmamba_ref.testing.compare import assert_matches_reference
+from vmamba_ref.testing.runs import reference_for
 from vmamba_ref.testing.strategies import STRATEGIES
 
 logger = logging.getLogger(__name__)
