@@ -348,7 +348,7 @@ def _mamba_bwd(
         dtype = compute_dtype(u.dtype)
         out_c, z_c, dout_c = out.to(dtype), z.to(dtype), dout.to(dtype)  # (b, d, l)
         sig = torch.sigmoid(z_c)
-        silu = z_c * sig
+        silu = F.silu(z_c)
         dz_c = dout_c * out_c * sig * (1 + z_c * (1 - sig))  # dout_z * out * silu'(z)
         dout = dout_c * silu  # the scan's dout
         if dz is None:
@@ -358,7 +358,7 @@ def _mamba_bwd(
             check_shape(fn, "dz", dz, (b, d, l), "b d l")
             dz_out = dz.copy_(dz_c)
         if recompute_out_z:
-            out_z = (out_c * silu).to(z.dtype)
+            out_z = _gate(out_c, z_c).to(z.dtype)
     du, ddelta, dA, dB, dC, dD, ddelta_bias = _scan_bwd(name, dout, *args, delta_softplus)
     result = [
         du.to(u.dtype),
