@@ -48,7 +48,7 @@ from numba import njit, prange
 
 import vmamba_fast
 from vmamba_fast.numba.config import JIT, PARALLEL_JIT
-from vmamba_fast.numba.selective_scan import exp_
+from vmamba_fast.numba.numerics import exp_
 from vmamba_ref.selective_scan import selective_scan as ref_selective_scan
 
 # ------------------------------------------------------------------------------------------------

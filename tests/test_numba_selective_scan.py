@@ -25,14 +25,8 @@ from numba import njit
 
 from vmamba_fast.numba import selective_scan
 from vmamba_fast.numba.config import override
-from vmamba_fast.numba.selective_scan import (
-    exp_,
-    exp_nonpositive_,
-    log1p_,
-    sigmoid_,
-    softplus_,
-    stream_row,
-)
+from vmamba_fast.numba.memory import stream_row
+from vmamba_fast.numba.numerics import exp_, exp_nonpositive_, log1p_, sigmoid_, softplus_
 from vmamba_ref.contract import BackendUnavailableError
 from vmamba_ref.selective_scan import selective_scan as ref_selective_scan
 from vmamba_ref.testing.cases import SelectiveScanCase

@@ -10,12 +10,24 @@ the `vmamba::*` custom operators of `vmamba_fast.ops`. One file per concept, as 
 | file                | what                                                              |
 |---------------------|-------------------------------------------------------------------|
 | `cross_scan.py`     | cross_scan, cross_merge: copies along the four routes              |
-| `selective_scan.py` | the S6 scan: streaming forward, recomputing backward, the tile routines |
+| `selective_scan.py` | the S6 scan operator: launchers, entry points, `selective_scan`   |
 | `ss2d_core.py`      | cross-scan + scan + cross-merge fused, forward and backward       |
+| `tiles.py`          | tile routines of the scan and the fused core: phases, backward    |
+| `numerics.py`       | exp, log1p, softplus, sigmoid that vectorize in float32           |
+| `memory.py`         | the device check, NumPy views, workspace carving, streaming stores |
 | `config.py`         | every Numba flag and tile size                                    |
 
-Dimension letters as in `vmamba_ref`: b batch, h, w grid, l = h*w, k = 4 routes, d channels,
-n state size.
+The imports run one way: `numerics.py` and `memory.py` import only `config.py` within the
+package; `tiles.py` imports those; the operator files (`cross_scan.py`, `selective_scan.py`,
+`ss2d_core.py`) import from those, never from each other. Of the reference package, only
+`vmamba_ref.contract` is imported.
+
+Each operator's CPU kernel (the `*_cpu` functions registered below) validates its arguments,
+once per call, whoever calls it; the public functions only route a call that could not reach
+the kernel (a tensor off the CPU, an argument that is not a tensor) to the same checks.
+
+Dimension letters as in `vmamba_ref`: b batch, h, w grid height and width, l = h*w, k = 4
+routes, d inner channels, n state size. The SSM state (the paper's h) is `state` in code.
 """
 
 from vmamba_fast import ops
@@ -39,6 +51,7 @@ ops.register_kernels(
     ss2d_core_bwd=ss2d_core_bwd_cpu,
 )
 
-OPS = ScanOps("numba", cross_scan, cross_merge, selective_scan, ss2d_core)  # what get_ops("numba") returns
+# What get_ops("numba") returns.
+OPS = ScanOps("numba", cross_scan, cross_merge, selective_scan, ss2d_core)
 
 __all__ = ["cross_merge", "cross_scan", "selective_scan", "ss2d_core"]

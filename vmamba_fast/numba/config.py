@@ -5,13 +5,13 @@ package passes flags to `numba.njit`. The fast and the debugging configuration d
 set `NUMBA_DISABLE_JIT=1` in the environment to run every kernel as plain Python (slow, but
 steppable and visible to coverage).
 
-Why each flag (measured facts in `perf_notes.md`):
+Why each flag (the kernels' timings with them: `docs/kernels.md`, section "On a 2-core CPU"):
 
 - `fastmath`: contraction into FMAs (`contract`), reassociation (`reassoc`, so that sums over
   time vectorize), approximate functions (`afn`), reciprocals (`arcp`) and no signed zeros
   (`nsz`). It leaves out `nnan` and `ninf`: NaN and infinity in an input must reach the output
   exactly where the reference puts them, and the exp clamps rely on comparisons with NaN being
-  false. The softplus in `selective_scan.py` is written so that reassociation cannot cancel it.
+  false. The softplus in `numerics.py` is written so that reassociation cannot cancel it.
 - `error_model="numpy"`: Python's divide-by-zero check blocks SIMD.
 - `cache=True`: cold compilation costs 0.5-2.6 s per signature; the cache keeps it to the first
   run. The cache is keyed on each kernel's own source file, so after editing a helper in another

@@ -29,7 +29,7 @@ from numba import njit, prange
 
 from vmamba_fast import ops
 from vmamba_fast.numba.config import PARALLEL_JIT, threads_for
-from vmamba_fast.numba.selective_scan import as_kernel_array, check_cpu
+from vmamba_fast.numba.memory import as_kernel_array, check_cpu, reaches_cpu_kernel
 from vmamba_ref.contract import ROUTES, check_grid, check_shape, check_tensor, route_positions
 
 _SAME_WIDTH_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -46,9 +46,9 @@ def _cross_scan_kernel(x, xs):
     l = h * w
     for item in prange(b * d):
         bi = item // d
-        c = item % d
-        plane = x[bi, c]  # (h, w)
-        o0, o1, o2, o3 = xs[bi, 0, c], xs[bi, 1, c], xs[bi, 2, c], xs[bi, 3, c]  # (l,) each
+        ch = item % d
+        plane = x[bi, ch]  # (h, w)
+        o0, o1, o2, o3 = xs[bi, 0, ch], xs[bi, 1, ch], xs[bi, 2, ch], xs[bi, 3, ch]  # (l,) each
         for i in range(h):
             row = plane[i]
             for j in range(w):
@@ -70,9 +70,9 @@ def _cross_merge_kernel(ys, h, w, y):
     b, k, d, l = ys.shape
     for item in prange(b * d):
         bi = item // d
-        c = item % d
-        out = y[bi, c]  # (l,)
-        r0, r1, r2, r3 = ys[bi, 0, c], ys[bi, 1, c], ys[bi, 2, c], ys[bi, 3, c]  # (l,) each
+        ch = item % d
+        out = y[bi, ch]  # (l,)
+        r0, r1, r2, r3 = ys[bi, 0, ch], ys[bi, 1, ch], ys[bi, 2, ch], ys[bi, 3, ch]  # (l,) each
         for i in range(h):
             for j in range(w):
                 v = r0[i * w + j] + r1[j * h + i]
@@ -80,14 +80,30 @@ def _cross_merge_kernel(ys, h, w, y):
                 out[i * w + j] = v + r3[l - 1 - j * h - i]
 
 
+def _check_scan(x: object) -> None:
+    """The validation of a cross_scan call, in the reference's words: the device, then a
+    (b, d, h, w) float tensor with a non-empty grid."""
+    check_cpu("cross_scan", x=x)
+    check_grid("cross_scan", "x", x)
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        route_positions(x.shape[2], x.shape[3])  # raises the reference's error for an empty grid
+
+
+def _check_merge(ys: object) -> None:
+    """The validation of a cross_merge call, in the reference's words: the device, then a
+    (b, 4, d, h, w) float tensor with a non-empty grid."""
+    check_cpu("cross_merge", ys=ys)
+    check_tensor("cross_merge", "ys", ys)
+    check_shape("cross_merge", "ys", ys, (None, ROUTES, None, None, None), "b k d h w")
+    if ys.shape[3] < 1 or ys.shape[4] < 1:
+        route_positions(ys.shape[3], ys.shape[4])  # raises the reference's error
+
+
 def cross_scan_cpu(x: torch.Tensor) -> torch.Tensor:
-    """The CPU kernel of `vmamba::cross_scan`: x (b, d, h, w) -> xs (b, 4, d, h*w), x's dtype."""
-    fn = "vmamba::cross_scan"
-    check_cpu(fn, x=x)
-    check_grid(fn, "x", x)
+    """The CPU kernel of `vmamba::cross_scan`: x (b, d, h, w) -> xs (b, 4, d, h*w), x's dtype.
+    Validates its argument: the one check of every call."""
+    _check_scan(x)
     b, d, h, w = x.shape
-    if h < 1 or w < 1:
-        route_positions(h, w)  # raises the reference's error for an empty grid
     xs = torch.empty(b, ROUTES, d, h * w, dtype=x.dtype)  # (b, k, d, l)
     bits = _SAME_WIDTH_INT[x.element_size()]
     with threads_for(x.numel()):
@@ -96,14 +112,10 @@ def cross_scan_cpu(x: torch.Tensor) -> torch.Tensor:
 
 
 def cross_merge_cpu(ys: torch.Tensor) -> torch.Tensor:
-    """The CPU kernel of `vmamba::cross_merge`: ys (b, 4, d, h, w) -> y (b, d, h, w), ys's dtype."""
-    fn = "vmamba::cross_merge"
-    check_cpu(fn, ys=ys)
-    check_tensor(fn, "ys", ys)
-    check_shape(fn, "ys", ys, (None, ROUTES, None, None, None), "b k d h w")
+    """The CPU kernel of `vmamba::cross_merge`: ys (b, 4, d, h, w) -> y (b, d, h, w), ys's
+    dtype. Validates its argument: the one check of every call."""
+    _check_merge(ys)
     b, _, d, h, w = ys.shape
-    if h < 1 or w < 1:
-        route_positions(h, w)
     dtype = torch.float64 if ys.dtype == torch.float64 else torch.float32
     y = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
     with threads_for(ys.numel()):
@@ -118,22 +130,18 @@ def cross_merge_cpu(ys: torch.Tensor) -> torch.Tensor:
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
     """`vmamba_ref.cross_scan` on the Numba backend: x (b, d, h, w) -> xs (b, 4, d, h*w).
-    Differentiable (its backward is cross_merge)."""
-    if not torch.compiler.is_compiling():
-        check_cpu("cross_scan", x=x)
-        check_grid("cross_scan", "x", x)
-        if x.shape[2] < 1 or x.shape[3] < 1:
-            route_positions(x.shape[2], x.shape[3])
+    Differentiable (its backward is cross_merge). The operator's CPU kernel validates x; a call
+    that cannot reach it (x off the CPU or not a tensor) raises here, with the same checks."""
+    if not torch.compiler.is_compiling() and not reaches_cpu_kernel((x,)):
+        _check_scan(x)  # raises
     return ops.cross_scan(x)
 
 
 def cross_merge(ys: torch.Tensor) -> torch.Tensor:
     """`vmamba_ref.cross_merge` on the Numba backend: ys (b, 4, d, h, w) -> y (b, d, h, w), the
-    adjoint of cross_scan. Differentiable (its backward is cross_scan)."""
-    if not torch.compiler.is_compiling():
-        check_cpu("cross_merge", ys=ys)
-        check_tensor("cross_merge", "ys", ys)
-        check_shape("cross_merge", "ys", ys, (None, ROUTES, None, None, None), "b k d h w")
-        if ys.shape[3] < 1 or ys.shape[4] < 1:
-            route_positions(ys.shape[3], ys.shape[4])
+    adjoint of cross_scan. Differentiable (its backward is cross_scan). The operator's CPU
+    kernel validates ys; a call that cannot reach it (ys off the CPU or not a tensor) raises
+    here, with the same checks."""
+    if not torch.compiler.is_compiling() and not reaches_cpu_kernel((ys,)):
+        _check_merge(ys)  # raises
     return ops.cross_merge(ys)

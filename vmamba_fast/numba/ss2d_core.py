@@ -13,9 +13,10 @@ Memory traffic. Cross-scan + scan + cross-merge run separately move, per element
 delta once, and accumulates y in place: 4 + 4 + about 8 (y read-modify-write) transfers, with
 no (b, 4, d, l) tensor at all.
 
-Kernel design. The prange runs over (batch bi, block of channels c0:c1): an item owns y[bi, c0:c1]
-and sums the four routes into it in a fixed order (0, 1, 2, 3), so results do not depend on the
-thread count. Routes differ only in how a tile is fetched, using `selective_scan`'s tile routines:
+Kernel design. The prange runs over (batch bi, block of channels ch0:ch1): an item owns
+y[bi, ch0:ch1] and sums the four routes into it in a fixed order (0, 1, 2, 3), so results do not
+depend on the thread count. Routes differ only in how a tile is fetched; every tile then runs
+the selective scan's tile routines (`tiles.py`), which `selective_scan.py` uses too:
 
 | route | tiles (in route order)                | tile fetch                         | walk    |
 |-------|---------------------------------------|------------------------------------|---------|
@@ -50,15 +51,13 @@ from numba import njit, prange
 
 from vmamba_fast import ops
 from vmamba_fast.numba.config import JIT, PARALLEL_JIT, active, threads_for
-from vmamba_fast.numba.selective_scan import (
-    as_kernel_array,
+from vmamba_fast.numba.memory import as_kernel_array, check_cpu, partial_sums, reaches_cpu_kernel
+from vmamba_fast.numba.tiles import (
     bwd_scratch,
     channel_block,
-    check_cpu,
     discretize,
     fwd_scratch,
     load_rows,
-    partial_sums,
     readout,
     recurrence,
     store_rows,
@@ -79,28 +78,28 @@ from vmamba_ref.contract import (
 @njit(**JIT)
 def load_band(src, r0, h, w, w0, tw, dst):
     """Column-major copy of a band of tw grid columns starting at column w0:
-    dst[j, c*h + i] = src[r0 + j, i*w + w0 + c] for every row j of dst, i < h, c < tw.
+    dst[j, col*h + i] = src[r0 + j, i*w + w0 + col] for every row j of dst, i < h, col < tw.
     src (rows, h*w) grid rows in row-major order; dst (rows', T) scratch, T >= tw*h."""
     for j in range(dst.shape[0]):
         s = src[r0 + j]
         o = dst[j]
-        for c in range(tw):
-            column = s[w0 + c :: w]  # (h,), stride w
-            oc = o[c * h : (c + 1) * h]
+        for col in range(tw):
+            column = s[w0 + col :: w]  # (h,), stride w
+            oc = o[col * h : (col + 1) * h]
             for i in range(h):
                 oc[i] = column[i]
 
 
 @njit(**JIT)
 def store_band(src, dst, r0, h, w, w0, tw, accumulate):
-    """The inverse of `load_band`: dst[r0 + j, i*w + w0 + c] = (or +=) src[j, c*h + i] for every
+    """The inverse of `load_band`: dst[r0 + j, i*w + w0 + col] = (or +=) src[j, col*h + i] for every
     row j of src (rows', T)."""
     for j in range(src.shape[0]):
         s = src[j]
         o = dst[r0 + j]
-        for c in range(tw):
-            column = o[w0 + c :: w]  # (h,), stride w
-            sc = s[c * h : (c + 1) * h]
+        for col in range(tw):
+            column = o[w0 + col :: w]  # (h,), stride w
+            sc = s[col * h : (col + 1) * h]
             if accumulate:
                 for i in range(h):
                     column[i] += sc[i]
@@ -182,32 +181,34 @@ def _ss2d_core_fwd_kernel(
         for route in range(4):
             ds, Bs, Cs = delta[bi, route], B[bi, route], C[bi, route]  # (d, l), (n, l), (n, l)
             for blk in range(first, last):
-                c0 = blk * block
-                cb = min(c0 + block, d) - c0
-                (ub, xb, yb, Bb, Cb, dtb, dAb, dBub, H), hs = fwd_scratch(ws, cb, n, T)
-                p0 = route * d + c0
+                ch0 = blk * block
+                cb = min(ch0 + block, d) - ch0
+                (ub, xb, yb, Bb, Cb, dtb, dAb, dBub, states), state = fwd_scratch(ws, cb, n, T)
+                p0 = route * d + ch0
                 Ab, Db, biasb = A[p0 : p0 + cb], D[p0 : p0 + cb], bias[p0 : p0 + cb]
-                hs[:] = 0
+                state[:] = 0
                 for i in range(route_tiles(route, h, w, tile, tw)):
                     band, t0, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
                     if band:  # copy x, delta column-major into scratch, scan there, add back
-                        load_band(xs, c0, h, w, t0, size, ub)
-                        load_band(ds, c0, h, w, t0, size, xb)
+                        load_band(xs, ch0, h, w, t0, size, ub)
+                        load_band(ds, ch0, h, w, t0, size, xb)
                         p = t0 * h  # B, C of routes 1, 3 are stored column-major: read in place
                         discretize(
                             ub, 0, 0, xb, 0, 0, Bs, 0, p, Ab, biasb, softplus, tl, dtb, dAb,
                             dBub, dtb, False,
                         )  # fmt: skip
-                        recurrence(dAb, dBub, H, hs, tl, reverse, True)
-                        readout(ub, 0, 0, Cs, 0, p, H, Db, has_D, tl, yb, 0, 0, False)
-                        store_band(yb, ys, c0, h, w, t0, size, True)
+                        recurrence(dAb, dBub, states, state, tl, reverse, True)
+                        readout(ub, 0, 0, Cs, 0, p, states, Db, has_D, tl, yb, 0, 0, False)
+                        store_band(yb, ys, ch0, h, w, t0, size, True)
                     else:  # a run of row-major positions: read and accumulate in place
                         discretize(
-                            xs, c0, t0, ds, c0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb,
+                            xs, ch0, t0, ds, ch0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb,
                             dAb, dBub, dtb, False,
                         )  # fmt: skip
-                        recurrence(dAb, dBub, H, hs, tl, reverse, True)
-                        readout(xs, c0, t0, Cs, 0, t0, H, Db, has_D, tl, ys, c0, t0, route > 0)
+                        recurrence(dAb, dBub, states, state, tl, reverse, True)
+                        readout(
+                            xs, ch0, t0, Cs, 0, t0, states, Db, has_D, tl, ys, ch0, t0, route > 0
+                        )
 
 
 @njit(**PARALLEL_JIT)
@@ -218,9 +219,10 @@ def _ss2d_core_bwd_kernel(
     """Fused SS2D core backward, recomputing the states.
 
     Inputs as `_ss2d_core_fwd_kernel` plus dy (b, d, l); work has room for the most tiles a
-    route has (`core_tiles`). Outputs: dx (b, d, l) (route 0 writes, routes 1-3 add); ddelta (b, k, d, l);
-    partial sums that the caller reduces: dA_part (b, k*d, n), dD_part, dbias_part (b, k*d)
-    (over b); dB_part, dC_part (b, groups, k, n, l), zero on entry (over the groups).
+    route has (`core_tiles`). Outputs: dx (b, d, l) (route 0 writes, routes 1-3 add);
+    ddelta (b, k, d, l); partial sums that the caller reduces: dA_part (b, k*d, n), dD_part,
+    dbias_part (b, k*d) (over b); dB_part, dC_part (b, groups, k, n, l), zero on entry (over
+    the groups).
 
     The prange runs over b*groups items: item -> batch bi, group g, which takes the channel
     blocks g, g+groups, ..., route by route (routes outside blocks, so that a route's B and C
@@ -243,62 +245,65 @@ def _ss2d_core_bwd_kernel(
             dds, dBs, dCs = ddelta[bi, route], dB_part[bi, g, route], dC_part[bi, g, route]
             ntiles = route_tiles(route, h, w, tile, tw)
             for blk in range(g, nblk, groups):
-                c0 = blk * block
-                cb = min(c0 + block, d) - c0
-                inputs, temps, kept, hs, q = bwd_scratch(ws, cb, n, T, ntiles_max)
+                ch0 = blk * block
+                cb = min(ch0 + block, d) - ch0
+                inputs, temps, kept, state, q = bwd_scratch(ws, cb, n, T, ntiles_max)
                 ub, xb, dyb, Bb, Cb = inputs
                 G, gu, gdt, dBb, dCb = temps
-                p0 = route * d + c0
+                p0 = route * d + ch0
                 Ab, Db, biasb = A[p0 : p0 + cb], D[p0 : p0 + cb], bias[p0 : p0 + cb]
-                hs[:] = 0
+                state[:] = 0
                 for i in range(ntiles):
                     band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
                     if band:
-                        load_band(xs, c0, h, w, start, size, ub)
-                        load_band(ds, c0, h, w, start, size, xb)
+                        load_band(xs, ch0, h, w, start, size, ub)
+                        load_band(ds, ch0, h, w, start, size, xb)
                         sweep_tile(
                             ub, 0, 0, xb, 0, 0, Bs, 0, start * h, Ab, biasb, softplus, tl, reverse,
-                            kept, i, hs,
+                            kept, i, state,
                         )  # fmt: skip
                     else:
                         sweep_tile(
-                            xs, c0, start, ds, c0, start, Bs, 0, start, Ab, biasb, softplus, tl,
-                            reverse, kept, i, hs,
+                            xs, ch0, start, ds, ch0, start, Bs, 0, start, Ab, biasb, softplus, tl,
+                            reverse, kept, i, state,
                         )  # fmt: skip
                 q[:] = 0
                 for i in range(ntiles - 1, -1, -1):
                     band, start, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
                     if band:
-                        load_band(xs, c0, h, w, start, size, ub)
+                        load_band(xs, ch0, h, w, start, size, ub)
                         load_rows(Bs, 0, start * h, start * h + tl, Bb)
                         load_rows(Cs, 0, start * h, start * h + tl, Cb)
-                        load_band(dys, c0, h, w, start, size, dyb)
+                        load_band(dys, ch0, h, w, start, size, dyb)
                     else:
-                        load_rows(xs, c0, start, start + tl, ub)
+                        load_rows(xs, ch0, start, start + tl, ub)
                         load_rows(Bs, 0, start, start + tl, Bb)
                         load_rows(Cs, 0, start, start + tl, Cb)
-                        load_rows(dys, c0, start, start + tl, dyb)
+                        load_rows(dys, ch0, start, start + tl, dyb)
                     tile_bwd(
                         inputs, temps, kept, i, Ab, Db, softplus, has_D, q, tl, reverse,
                         dA_part[bi, p0 : p0 + cb], dD_part[bi, p0 : p0 + cb],
                         dbias_part[bi, p0 : p0 + cb],
                     )  # fmt: skip
                     if band:
-                        store_band(gu, dxs, c0, h, w, start, size, route > 0)
-                        store_band(gdt, dds, c0, h, w, start, size, False)
+                        store_band(gu, dxs, ch0, h, w, start, size, route > 0)
+                        store_band(gdt, dds, ch0, h, w, start, size, False)
                         store_rows(dBb, dBs, 0, start * h, start * h + tl, True)
                         store_rows(dCb, dCs, 0, start * h, start * h + tl, True)
                     else:
-                        store_rows(gu, dxs, c0, start, start + tl, route > 0)
-                        store_rows(gdt, dds, c0, start, start + tl, False)
+                        store_rows(gu, dxs, ch0, start, start + tl, route > 0)
+                        store_rows(gdt, dds, ch0, start, start + tl, False)
                         store_rows(dBb, dBs, 0, start, start + tl, True)
                         store_rows(dCb, dCs, 0, start, start + tl, True)
 
 
-def _check(fn, x, delta, A, B, C, D, delta_bias):
-    """The device, then the reference's checks in the reference's order: the grid layouts, then
-    the scan's (dtypes, A, D, delta_bias, finiteness) on zero-memory stand-ins of the scanned
-    tensors, so that every error reads as the reference's."""
+def _check(x, delta, A, B, C, D, delta_bias):
+    """The validation of a core call: the device, then the reference's checks in the reference's
+    order: the grid layouts, then the scan's (dtypes, A, D, delta_bias, finiteness) on
+    zero-memory stand-ins of the scanned tensors, so that every error reads as the reference's
+    (naming `ss2d_core`, or `selective_scan` for the scan's checks, as the reference does).
+    Returns (b, d, h, w, n)."""
+    fn = "ss2d_core"
     check_cpu(fn, x=x, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
     b, d, h, w, n = check_ss2d_core_args(fn, x, delta, A, B, C)
     if h < 1 or w < 1:
@@ -354,8 +359,10 @@ def _kernel_args(x, delta, A, B, C, D, delta_bias):
 
 
 def ss2d_core_fwd_cpu(x, delta, A, B, C, D, delta_bias, delta_softplus):
-    """Forward on CPU tensors -> y (b, d, h, w) in the computation dtype."""
-    b, d, h, w, n = _check("vmamba::ss2d_core_fwd", x, delta, A, B, C, D, delta_bias)
+    """Forward on CPU tensors -> y (b, d, h, w) in the computation dtype: the CPU kernel of
+    `vmamba::ss2d_core_fwd`. Validates its arguments: the one check of every forward call
+    (`ss2d_core`, torch.compile'd graphs, direct `torch.ops.vmamba` calls)."""
+    b, d, h, w, n = _check(x, delta, A, B, C, D, delta_bias)
     dtype, args = _kernel_args(x, delta, A, B, C, D, delta_bias)
     y = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
     block, tile = channel_block(n), time_tile(h * w)
@@ -372,10 +379,15 @@ def ss2d_core_fwd_cpu(x, delta, A, B, C, D, delta_bias, delta_softplus):
 def ss2d_core_bwd_cpu(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
     """Backward on CPU tensors -> (dx, ddelta, dA, dB, dC, dD, ddelta_bias), each in its input's
     dtype (the computation dtype for a D or delta_bias that is None: the gradient with respect
-    to a zero one)."""
+    to a zero one).
+
+    The inputs are the forward's, which its kernel validated (the autograd formula passes the
+    saved ones), so only what is new is checked: every tensor on the CPU (a direct call with
+    another device's tensors would otherwise fail inside NumPy) and the shape of dy."""
     fn = "vmamba::ss2d_core_bwd"
-    b, d, h, w, n = _check(fn, x, delta, A, B, C, D, delta_bias)
-    check_cpu(fn, dy=dy)
+    check_cpu(fn, dy=dy, x=x, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
+    b, d, h, w = x.shape
+    n = B.shape[2]
     if tuple(dy.shape) != (b, d, h, w):
         raise ValueError(f"{fn}: `dy` must have shape {(b, d, h, w)}, got {tuple(dy.shape)}")
     dtype, args = _kernel_args(x, delta, A, B, C, D, delta_bias)
@@ -427,7 +439,11 @@ def ss2d_core(
     """`vmamba_ref.ss2d_core` on the Numba backend: cross-scan, scan every route, cross-merge,
     fused. x (b, d, h, w); delta (b, k, d, h, w); A (k*d, n); B, C (b, k, n, h, w); D,
     delta_bias (k*d,) -> y (b, d, h, w) in float32 (float64 for float64 x). Differentiable in
-    every tensor argument through the `vmamba::ss2d_core_fwd` operator."""
-    if not torch.compiler.is_compiling():
-        _check("ss2d_core", x, delta, A, B, C, D, delta_bias)
+    every tensor argument through the `vmamba::ss2d_core_fwd` operator, whose CPU kernel
+    validates the arguments. A call that cannot reach that kernel (a tensor off the CPU, an
+    argument that is not a tensor) raises here instead, with the same checks."""
+    if not torch.compiler.is_compiling() and not reaches_cpu_kernel(
+        (x, delta, A, B, C), (D, delta_bias)
+    ):
+        _check(x, delta, A, B, C, D, delta_bias)  # raises
     return ops.ss2d_core_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus)
