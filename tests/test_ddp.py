@@ -19,6 +19,7 @@ import torch
 
 from vmamba_ref.checkpoint import load_model, read_saved
 from vmamba_ref.model import vmamba_mini
+from vmamba_ref.testing.tolerances import RESUMED_TRAINING
 from vmamba_ref.tools.cli import main as cli_main
 from vmamba_ref.tools.train import TrainConfig
 from vmamba_ref.tools.train_cli import RunConfig, train
@@ -96,7 +97,9 @@ def test_a_single_process_run_resumes_where_it_stopped(tmp_path):
     resumed = load_model(tmp_path / "cut" / "last.pt", backend="torch")
     assert read_saved(tmp_path / "cut" / "last.pt")["step"] == STEPS
     for (name, p), q in zip(resumed.named_parameters(), straight.model.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            p, q, rtol=RESUMED_TRAINING.rtol, atol=RESUMED_TRAINING.atol, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 def test_a_full_epoch_evaluates_and_checkpoints_at_its_end(tmp_path, capsys):

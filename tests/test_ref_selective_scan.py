@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmamba_ref import selective_scan
+from vmamba_ref.testing.tolerances import FLOAT64_REWRITE
 
 
 def make_inputs(b=2, k=4, d=3, l=7, n=2, dtype=torch.float64, seed=0):
@@ -48,7 +49,7 @@ def textbook_scan(u, delta, A, B, C, D, delta_bias):
 )
 def test_matches_the_textbook_formulation(b, k, d, l, n, seed):
     x = make_inputs(b, k, d, l, n, seed=seed)
-    torch.testing.assert_close(selective_scan(**x), textbook_scan(**x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(selective_scan(**x), textbook_scan(**x), rtol=FLOAT64_REWRITE.rtol, atol=FLOAT64_REWRITE.atol)
 
 
 def test_zero_input_gives_zero_output():
@@ -66,8 +67,8 @@ def test_a_scan_split_in_two_with_the_carried_state_equals_one_scan(l, cut, seed
     y1, h1 = selective_scan(**first, return_last_state=True)
     y2, h2 = selective_scan(**second, initial_state=h1, return_last_state=True)
     y, h = selective_scan(**x, return_last_state=True)
-    torch.testing.assert_close(torch.cat([y1, y2], -1), y, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(h2, h, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.cat([y1, y2], -1), y, rtol=FLOAT64_REWRITE.rtol, atol=FLOAT64_REWRITE.atol)
+    torch.testing.assert_close(h2, h, rtol=FLOAT64_REWRITE.rtol, atol=FLOAT64_REWRITE.atol)
 
 
 def test_constant_step_size_matches_the_closed_form():
@@ -82,7 +83,7 @@ def test_constant_step_size_matches_the_closed_form():
     a = torch.exp(torch.tensor(dt * A, dtype=torch.float64))
     t = torch.arange(l, dtype=torch.float64)
     expected = dt * (1 - a ** (t + 1)) / (1 - a)
-    torch.testing.assert_close(y[0, 0], expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y[0, 0], expected, rtol=FLOAT64_REWRITE.rtol, atol=FLOAT64_REWRITE.atol)
 
 
 def test_gradients_pass_gradcheck():

@@ -9,7 +9,7 @@ Property-test your own kernel in a few lines (docs/testing.md walks through it):
 |-----------------|--------------------------------------------------------------------------------|
 | `strategies`    | Hypothesis strategies of valid inputs: `selective_scan_inputs()`, ...          |
 | `cases`         | the concrete cases those strategies draw, each rebuildable by a pasteable call |
-| `properties`    | `check_cross_scan`, ..., `check_kernel`, `make_test`: property tests            |
+| `properties`    | `check_cross_scan`, ..., `check_kernel`, `make_test`: property tests           |
 | `compare`       | `assert_matches_reference(fn, inputs, op=...)`: one comparison, full report    |
 | `runs`          | the reference ops by name, fresh input copies, the record of one comparison    |
 | `mismatch`      | `Rule` and `mismatch_report`: allowed error, and where a result exceeds it     |
