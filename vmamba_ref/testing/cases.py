@@ -6,7 +6,9 @@ arguments of the reference function, deterministically. The Hypothesis strategie
 `strategies.py` draw cases, so a shrunk counterexample prints as a call you can paste to get the
 same tensors back, e.g. `SelectiveScanCase(batch=1, ..., seed=0).build()`.
 
-Parameter regimes (`init`), after VMamba's `ssm_init` options (spec section 6):
+Parameter regimes (`init`), after the initializations the VMamba paper compares in its appendix,
+the official code's `ssm_init` options "v0", "v1" and "v2" (`vmamba_ref/init.py` implements
+them; docs/tutorial/initialization.md walks through them):
 
 | init        | A (k*d, n)               | D            | step size dt = softplus(delta + delta_bias) |
 |-------------|--------------------------|--------------|---------------------------------------------|
@@ -16,10 +18,10 @@ Parameter regimes (`init`), after VMamba's `ssm_init` options (spec section 6):
 | "tiny_step" | -[1, 2, ..., n]          | 1            | about 1e-4, the dt floor: the state barely decays |
 | "huge_step" | -[1, 2, ..., n]          | 1            | 5 to 20: the state forgets at every step    |
 
-Deviation from the spec: VMamba's "v1" sets D = 1; the "random" regime draws D so that a kernel
-which reads D at the wrong channel is caught. Every float is bounded (normal draws are clipped
-at 3 standard deviations), so no regime overflows. With `delta_softplus=False` the step sizes
-are passed already positive, in the same regime.
+Deviation from the official code: its `ssm_init="v1"` sets D = 1; the "random" regime draws D
+so that a kernel which reads D at the wrong channel is caught. Every float is bounded (normal
+draws are clipped at 3 standard deviations), so no regime overflows. With
+`delta_softplus=False` the step sizes are passed already positive, in the same regime.
 
 Values are drawn in float64 from a seeded generator, always in the same order whatever the
 options, then rounded to the case's dtype: switching an option off does not change the other
