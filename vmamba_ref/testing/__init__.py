@@ -9,6 +9,7 @@ Property-test your own kernel in a few lines (docs/testing.md walks through it):
 |-----------------|--------------------------------------------------------------------------------|
 | `strategies`    | Hypothesis strategies of valid inputs: `selective_scan_inputs()`, ...          |
 | `cases`         | the concrete cases those strategies draw, each rebuildable by a pasteable call |
+| `adapt`         | `adapt`, `Capabilities`: test a kernel as it is, through its own signature     |
 | `properties`    | `check_cross_scan`, ..., `check_kernel`, `make_test`: property tests           |
 | `compare`       | `assert_matches_reference(fn, inputs, op=...)`: one comparison, full report    |
 | `runs`          | the reference ops by name, fresh input copies, the record of one comparison    |
@@ -29,6 +30,9 @@ from vmamba_ref.testing.tolerances import TOLERANCES, Tolerance, tolerance
 # Everything but the tolerance table loads on first use, so that `tolerances` (and `cases`,
 # `compare`, `nan_buffers`) work without Hypothesis, which only the test extra installs.
 _LAZY = {
+    "Capabilities": "adapt",
+    "adapt": "adapt",
+    "capabilities_from_signature": "adapt",
     "INITS": "cases",
     "CrossMergeCase": "cases",
     "CrossScanCase": "cases",
@@ -77,6 +81,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "INITS",
     "TOLERANCES",
+    "Capabilities",
     "CheckReport",
     "CrossMergeCase",
     "CrossScanCase",
@@ -85,7 +90,9 @@ __all__ = [
     "SS2DCoreCase",
     "SelectiveScanCase",
     "Tolerance",
+    "adapt",
     "assert_matches_reference",
+    "capabilities_from_signature",
     "check_cross_merge",
     "check_cross_scan",
     "check_kernel",

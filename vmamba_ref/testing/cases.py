@@ -34,7 +34,7 @@ above one, and the gaps in its storage hold NaN, so a kernel that ignores stride
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any, Literal, get_args
 
 import torch
@@ -89,6 +89,31 @@ def describe_inputs(inputs: dict[str, Any]) -> str:
 def parameter_dtype(dtype: torch.dtype) -> torch.dtype:
     """dtype of A, D, delta_bias and initial_state for data of `dtype`."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+PARAMETER_NAMES = ("A", "D", "delta_bias", "initial_state")  # held in parameter_dtype
+
+
+def cast_inputs(inputs: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    """The same inputs in `dtype`: a case's inputs rebuilt from the case with that dtype (so the
+    repr still rebuilds them); other dicts cast, A, D, delta_bias and initial_state to
+    `parameter_dtype(dtype)`, keeping requires_grad and strides (storage gaps NaN)."""
+    case = getattr(inputs, "case", None)
+    if case is not None and is_dataclass(case) and hasattr(case, "dtype"):
+        return replace(case, dtype=dtype).build()  # type: ignore[type-var]
+    out: dict[str, Any] = {}
+    for name, value in inputs.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            target = parameter_dtype(dtype) if name in PARAMETER_NAMES else dtype
+            cast = value.detach().to(target)
+            shape, stride = value.shape, value.stride()
+            if not value.is_contiguous() and value.numel() > 0 and 0 not in stride:
+                span = 1 + sum((n - 1) * s for n, s in zip(shape, stride, strict=True))
+                base = torch.full((span,), float("nan"), dtype=target, device=value.device)
+                cast = base.as_strided(shape, stride).copy_(cast)
+            value = cast.requires_grad_(value.requires_grad)
+        out[name] = value
+    return out
 
 
 def inverse_softplus(dt: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,8 @@ wrong, each by recomputing something and comparing it with what `fn` returned:
   route that matches none, such as an off-by-one in a reversed route); for cross-merge, whether
   `fn` merges the routes in another order or leaves one out;
 - `fn` run again on contiguous copies of the inputs: if that matches, `fn` mishandles strides;
-- NaN where the reference is finite: an output element that was never written;
+- NaN where the reference is finite (inputs finite, NaN of the fill's sign): an output element
+  that was never written; NaN or inf where the reference overflows fn's dtype: an overflow;
 - a correct forward pass with some gradients wrong: the backward of those inputs.
 
 Each finding is one sentence; the list is empty when nothing fits.
@@ -19,7 +20,7 @@ Each finding is one sentence; the list is empty when nothing fits.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -45,21 +46,57 @@ def likely_causes(fn: Callable[..., Any], op: str | Callable[..., Any], c: Compa
         if good:
             text += f" (the gradients of {_names(good)} match)"
         causes.append(text)
-    if any(
-        bool((f.detach().cpu().isnan() & r.detach().cpu().isfinite()).any())
-        for f, r in zip(c.fn_out, c.ref_out, strict=True)
-    ):
-        causes.append(
-            "fn returned NaN where the reference is finite: an output element was probably "
-            "never written"
-            + (
-                " (fresh torch.empty/numpy.empty buffers are NaN-filled while fn runs)"
-                if c.nan_fill
-                else ""
-            )
-            + ", or fn read memory outside its inputs"
-        )
+    causes += unwritten_or_overflow(c.fn_out, c.ref_out, c.inputs, c.nan_fill)
     return causes
+
+
+def unwritten_or_overflow(
+    fn_out: Sequence[torch.Tensor],
+    ref_out: Sequence[torch.Tensor],
+    inputs: dict[str, Any],
+    nan_fill: bool,
+) -> list[str]:
+    """Tell an unwritten output element from an overflow, for NaN or inf that fn returned.
+
+    An unwritten element: the reference is finite and representable in fn's dtype there, every
+    input is finite, and fn's NaN has the bits of the fill (a positive quiet NaN; x86 makes
+    negative NaN from inf - inf and 0 * inf). An overflow: the reference itself is infinite, or
+    too large for fn's dtype, where fn is not finite.
+    """
+    inputs_finite = all(
+        bool(v.detach().isfinite().all())
+        for v in inputs.values()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    )
+    causes = []
+    for f, r in zip(fn_out, ref_out, strict=True):
+        f, r = f.detach().cpu(), r.detach().cpu().to(torch.float64)
+        if not f.is_floating_point() or f.shape != r.shape:
+            continue
+        largest = torch.finfo(f.dtype).max
+        out_of_range = ~r.isfinite() | (r.abs() > largest)
+        overflow = ~f.isfinite() & out_of_range
+        if bool(overflow.any()):
+            finite_ref = r[r.isfinite()]
+            top = float(finite_ref.abs().max()) if finite_ref.numel() else float("inf")
+            causes.append(
+                f"fn returned NaN/inf where the reference is infinite or beyond {f.dtype}'s "
+                f"range (largest finite |reference| {top:.3e}): an overflow, not an unwritten "
+                "element"
+            )
+        unwritten = f.isnan() & ~out_of_range & ~torch.signbit(f)
+        if inputs_finite and bool(unwritten.any()):
+            causes.append(
+                "fn returned NaN where the reference is finite: an output element was probably "
+                "never written"
+                + (
+                    " (fresh torch.empty/numpy.empty buffers are NaN-filled while fn runs)"
+                    if nan_fill
+                    else ""
+                )
+                + ", or fn read memory outside its inputs"
+            )
+    return list(dict.fromkeys(causes))
 
 
 def _names(names: list[str]) -> str:

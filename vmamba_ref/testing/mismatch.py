@@ -85,17 +85,27 @@ def mismatch_report(
     bad = (finite & (err > rule.allowed(e))) | (nan_a != nan_e) | inf_bad
     if not bool(bad.any()):
         return None
+    digits = ".17g" if actual.dtype == torch.float64 else ".7g"  # float64: every digit counts
     lines = [f"{name}: {int(bad.sum())} of {bad.numel()} elements differ ({rule.describe()})"]
+    nonfinite_bad = bad & ~finite
     if bool(finite.any()):
         worst = _index(int(err.flatten().argmax()), err.shape)
         lines.append(
-            f"  max abs error {float(err.max()):.3e} at {worst} (fn {float(a[worst]):.7g}, "
-            f"reference {float(e[worst]):.7g}); mean abs error {float(err[finite].mean()):.3e}"
+            f"  max abs error {float(err.max()):.3e} at {worst} (fn {float(a[worst]):{digits}}, "
+            f"reference {float(e[worst]):{digits}}); mean abs error "
+            f"{float(err[finite].mean()):.3e}"
+            + (" (over the finite elements)" if bool(nonfinite_bad.any()) else "")
+        )
+    if bool(nonfinite_bad.any()):
+        count = int(nonfinite_bad.sum())
+        lines.append(
+            f"  {count} non-finite mismatch{'es' if count > 1 else ''} (NaN or inf on one side), "
+            "not in the max and mean error"
         )
     lines.append("  first bad elements:")
     for flat in bad.flatten().nonzero()[:FIRST_BAD, 0].tolist():
         i = _index(flat, bad.shape)
-        lines.append(f"    {i}: fn {float(a[i]):.7g}, reference {float(e[i]):.7g}")
+        lines.append(f"    {i}: fn {float(a[i]):{digits}}, reference {float(e[i]):{digits}}")
     if bool((nan_a & ~nan_e).any()):
         lines.append(f"  NaN in fn but not in the reference: {_where(nan_a & ~nan_e)}")
     if bool((nan_e & ~nan_a).any()):

@@ -16,6 +16,7 @@ example passes.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,12 @@ from hypothesis import HealthCheck
 from hypothesis import strategies as st
 
 import vmamba_ref.testing.profiles  # noqa: F401  (importing it registers the settings profiles)
-from vmamba_ref.testing.compare import assert_matches_reference
+from vmamba_ref.testing.adapt import Capabilities, adapt, capabilities_from_signature, unsupported
+from vmamba_ref.testing.cases import cast_inputs
+from vmamba_ref.testing.compare import assert_matches_reference, primary_dtype
 from vmamba_ref.testing.runs import reference_for
-from vmamba_ref.testing.strategies import STRATEGIES
+from vmamba_ref.testing.strategies import DEFAULT_DTYPES, STRATEGIES
+from vmamba_ref.testing.tolerances import ToleranceOverride, loosened
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +59,23 @@ class KernelMismatchError(AssertionError):
 
 @dataclass(frozen=True)
 class CheckReport:
-    """What a passing check ran."""
+    """What a passing check ran, and what it did not."""
 
     op: str
-    examples: int  # examples run
+    examples: int  # examples compared
     gradient_examples: int  # of which the gradients were compared too
+    skipped_examples: int = 0  # drawn examples fn cannot run (see `skipped`)
+    skipped: tuple[str, ...] = ()  # features not tested, each with the reason
+    warnings: tuple[str, ...] = ()  # e.g. a loosened tolerance
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.op}: {self.examples} example(s) compared, {self.gradient_examples} with "
+            f"gradients, {self.skipped_examples} skipped"
+        ]
+        lines += [f"  not tested: {s}" for s in self.skipped]
+        lines += [f"  {w}" for w in self.warnings]
+        return "\n".join(lines)
 
 
 def resolve_settings(
@@ -95,50 +111,97 @@ def check_kernel(
     max_examples: int | None = None,
     settings: hypothesis.settings | str | None = None,
     nan_fill: bool = True,
+    capabilities: Capabilities | None = None,
+    tolerance: ToleranceOverride | None = None,
 ) -> CheckReport:
     """Property-test `fn` against the reference `op` over many generated inputs.
 
     Args:
-        fn: the implementation under test, with the reference's signature.
+        fn: the implementation under test. It is called through its own signature
+            (`adapt.adapt`): required tensors positionally, the optional arguments it has by
+            keyword; cases needing one it lacks are skipped and listed in the report.
         op: "cross_scan", "cross_merge", "selective_scan", "ss2d_core", or a reference callable
             (then `inputs` is required).
         inputs: a strategy of keyword-argument dicts; default: the op's strategy from
             `strategies.py` with `dtypes` and `requires_grad` set.
-        dtypes: dtypes of the default strategy (float32 and float64 if None).
+        dtypes: dtypes of the default strategy (float32 and float64 if None); with `inputs`,
+            each drawn example is cast to each of these dtypes.
         check_grad: None: compare gradients whenever fn's output carries a grad_fn; True:
             require it; False: forward only, inputs do not require grad.
         max_examples: examples to run (default: the profile's).
         settings: a Hypothesis settings object or profile name ("dev", "ci", "thorough");
             default: the active profile.
         nan_fill: NaN-fill `empty` buffers while fn runs, so unwritten elements fail.
+        capabilities: what fn supports (`adapt.Capabilities`); unstated fields are read from
+            its signature. `gradients=False` compares outputs only.
+        tolerance: a Tolerance (or a dict of one per dtype) looser than the table's; it warns
+            and the report says so. A tighter one raises ValueError.
 
     Returns:
-        A CheckReport: examples run, and how many had their gradients compared.
+        A CheckReport: examples compared and skipped, how many had their gradients compared,
+        the features not tested and why, and warnings.
 
     Raises:
         KernelMismatchError: with the shrunk counterexample and the mismatch report.
+        ValueError: for options that contradict each other or a tolerance tighter than the table.
     """
     op_name, _ = reference_for(op)
+    caps = capabilities_from_signature(fn, op, capabilities)
+    if caps.gradients is False:
+        if check_grad:
+            raise ValueError(
+                "check_kernel: check_grad=True contradicts Capabilities(gradients=False)"
+            )
+        check_grad = False
+    pinned: list[str] = []
     if inputs is None:
         if not isinstance(op, str):
             raise ValueError(
                 f"check_kernel: pass `inputs` (a strategy) for the custom reference {op_name}"
             )
-        options: dict[str, Any] = {"requires_grad": check_grad is not False}
+        inputs, pinned = _default_strategy(op, caps, dtypes, check_grad)
+        checked_dtypes = _supported_dtypes(caps, dtypes)
+    else:
+        checked_dtypes = tuple(dtypes) if dtypes is not None else ()
         if dtypes is not None:
-            options["dtypes"] = dtypes
-        inputs = STRATEGIES[op](**options)
-    elif dtypes is not None:
-        raise ValueError(
-            "check_kernel: `dtypes` sets the default strategy; pass it to your `inputs` strategy"
-        )
+            inputs = st.tuples(inputs, st.sampled_from(checked_dtypes)).map(
+                lambda pair: cast_inputs(*pair)
+            )
+    notes: dict[str, None] = {}
+
+    def note_tolerance(dtype: torch.dtype) -> None:
+        warning = loosened(tolerance, dtype)[1]  # raises ValueError when tighter than the table
+        if warning is not None and warning not in notes:
+            notes[warning] = None
+            warnings.warn(warning, stacklevel=4)
+
+    for dtype in checked_dtypes:
+        note_tolerance(dtype)
+    call = adapt(fn, op)
+    skipped: dict[str, None] = dict.fromkeys(pinned)
     fn_name = getattr(fn, "__name__", type(fn).__name__)
-    progress = {"examples": 0, "gradients": 0, "first_failure": 0}
+    progress = {"examples": 0, "gradients": 0, "first_failure": 0, "skipped": 0}
 
     def property_test(case: dict[str, Any]) -> None:
+        reasons = unsupported(fn, op, case, caps)
+        if reasons:
+            progress["skipped"] += 1
+            skipped.update(dict.fromkeys(reasons))
+            return
         progress["examples"] += 1
+        note_tolerance(primary_dtype(case))
         try:
-            if assert_matches_reference(fn, case, op=op, check_grad=check_grad, nan_fill=nan_fill):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the loosened tolerance warned once above
+                compared = assert_matches_reference(
+                    call,
+                    case,
+                    op=op,
+                    check_grad=check_grad,
+                    nan_fill=nan_fill,
+                    tolerance=tolerance,
+                )
+            if compared:
                 progress["gradients"] += 1
         except AssertionError as err:
             progress["first_failure"] = progress["first_failure"] or progress["examples"]
@@ -155,9 +218,59 @@ def check_kernel(
     property_test.__name__ = property_test.__qualname__ = f"check_{op_name}"
     test = hypothesis.given(case=inputs)(resolve_settings(settings, max_examples)(property_test))
     test()
-    report = CheckReport(op_name, progress["examples"], progress["gradients"])
+    report = CheckReport(
+        op_name,
+        progress["examples"],
+        progress["gradients"],
+        progress["skipped"],
+        tuple(skipped),
+        tuple(notes),
+    )
     logger.info("%s matches %s: %s", fn_name, op_name, report)
     return report
+
+
+def _supported_dtypes(
+    caps: Capabilities, dtypes: Sequence[torch.dtype] | None
+) -> tuple[torch.dtype, ...]:
+    """The dtypes the default strategy draws: `dtypes` (or the default), less those fn does not
+    support."""
+    wanted = tuple(DEFAULT_DTYPES if dtypes is None else dtypes)
+    if caps.dtypes is None:
+        return wanted
+    supported = tuple(d for d in wanted if d in caps.dtypes)
+    if not supported:
+        raise ValueError(
+            f"check_kernel: none of the dtypes {wanted} is in Capabilities.dtypes={caps.dtypes}"
+        )
+    return supported
+
+
+def _default_strategy(
+    op: str,
+    caps: Capabilities,
+    dtypes: Sequence[torch.dtype] | None,
+    check_grad: bool | None,
+) -> tuple[st.SearchStrategy[dict[str, Any]], list[str]]:
+    """The op's strategy, drawing only what `caps` supports, and the features that leaves out."""
+    options: dict[str, Any] = {
+        "requires_grad": check_grad is not False,
+        "dtypes": _supported_dtypes(caps, dtypes),
+    }
+    pinned = []
+    if op == "selective_scan":
+        if caps.initial_state is False:
+            options["with_initial_state"] = False
+            pinned.append("initial state: fn does not accept `initial_state`")
+        if caps.last_state is False:
+            options["return_last_state"] = False
+            pinned.append("last state: fn does not accept `return_last_state`")
+    if op in ("selective_scan", "ss2d_core") and caps.state_sizes is not None:
+        low, high = caps.state_sizes
+        options["max_state"] = min(high, max(low, 4))  # n below `low` is skipped per example
+    if caps.gradients is False:
+        pinned.append("gradients: Capabilities(gradients=False), outputs compared only")
+    return STRATEGIES[op](**options), pinned
 
 
 def _check_op(op: str) -> Callable[..., CheckReport]:
@@ -170,6 +283,8 @@ def _check_op(op: str) -> Callable[..., CheckReport]:
         max_examples: int | None = None,
         settings: hypothesis.settings | str | None = None,
         nan_fill: bool = True,
+        capabilities: Capabilities | None = None,
+        tolerance: ToleranceOverride | None = None,
     ) -> CheckReport:
         return check_kernel(
             fn,
@@ -180,6 +295,8 @@ def _check_op(op: str) -> Callable[..., CheckReport]:
             max_examples=max_examples,
             settings=settings,
             nan_fill=nan_fill,
+            capabilities=capabilities,
+            tolerance=tolerance,
         )
 
     check.__name__ = check.__qualname__ = f"check_{op}"
@@ -208,6 +325,8 @@ def make_test(
     max_examples: int | None = None,
     settings: hypothesis.settings | str | None = None,
     nan_fill: bool = True,
+    capabilities: Capabilities | None = None,
+    tolerance: ToleranceOverride | None = None,
 ) -> Callable[[Any], None]:
     """A pytest test function that runs `check_kernel(fn, op, ...)`.
 
@@ -233,6 +352,8 @@ def make_test(
             max_examples=examples,
             settings=settings,
             nan_fill=nan_fill,
+            capabilities=capabilities,
+            tolerance=tolerance,
         )
 
     test.__name__ = test.__qualname__ = f"test_{fn_name}_matches_{op_name}"

@@ -1,0 +1,151 @@
+"""The test kit on kernels as they are: mamba_ssm's signature, forward-only kernels, a looser
+tolerance, inputs cast to several dtypes, and the report of what was skipped."""
+
+import pytest
+import torch
+from hypothesis import strategies as st
+
+from vmamba_fast.compat import selective_scan_fn
+from vmamba_ref import selective_scan
+from vmamba_ref.testing import (
+    Capabilities,
+    KernelMismatchError,
+    SelectiveScanCase,
+    Tolerance,
+    check_selective_scan,
+    selective_scan_inputs,
+    tolerance,
+)
+from vmamba_ref.testing.mismatch import Rule, mismatch_report
+
+EXAMPLES = 6
+
+
+def mamba_style(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                return_last_state=False):  # fmt: skip
+    """mamba_ssm's signature and defaults, on the reference; no initial_state."""
+    assert z is None
+    return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, None, return_last_state)
+
+
+def positional_only(u, delta, A, B, C, /, D=None, delta_bias=None, delta_softplus=True):
+    """A binding whose tensors cannot be passed by keyword, without the last state."""
+    return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+def test_mamba_signature_passes_and_reports_the_skipped_initial_state():
+    report = check_selective_scan(mamba_style, max_examples=EXAMPLES)
+    assert report.examples == EXAMPLES
+    assert any("initial_state" in s for s in report.skipped)
+    assert "not tested: initial state" in str(report)
+
+
+def test_compat_selective_scan_fn_passes_unmodified():
+    # mamba_ssm's last state is not differentiable: state that, and the last state is skipped.
+    caps = Capabilities(last_state=False)
+    report = check_selective_scan(selective_scan_fn, capabilities=caps, max_examples=EXAMPLES)
+    assert report.examples == EXAMPLES and report.gradient_examples == EXAMPLES
+
+
+def test_positional_only_kernel_runs_and_skips_the_last_state():
+    report = check_selective_scan(positional_only, max_examples=EXAMPLES)
+    assert any("last state" in s for s in report.skipped)
+
+
+def test_user_inputs_needing_a_missing_feature_are_skipped_not_failed():
+    inputs = selective_scan_inputs(with_initial_state=True, max_length=9)
+    report = check_selective_scan(mamba_style, inputs=inputs, max_examples=EXAMPLES)
+    assert report.examples == 0 and report.skipped_examples == EXAMPLES
+    assert any("initial state" in s for s in report.skipped)
+
+
+def test_planted_bug_in_an_adapted_kernel_is_caught():
+    def drops_D(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                return_last_state=False):  # fmt: skip
+        return mamba_style(u, delta, A, B, C, None, z, delta_bias, delta_softplus,
+                           return_last_state)  # fmt: skip
+
+    with pytest.raises(KernelMismatchError, match="does not match"):
+        check_selective_scan(drops_D, inputs=selective_scan_inputs(with_D=True), max_examples=20)
+
+
+def test_softplus_is_passed_explicitly():
+    def ignores_softplus(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                         delta_softplus=False, return_last_state=False):  # fmt: skip
+        return mamba_style(u, delta, A, B, C, D, z, delta_bias, False, return_last_state)
+
+    with pytest.raises(KernelMismatchError):
+        check_selective_scan(
+            ignores_softplus, inputs=selective_scan_inputs(delta_softplus=True), max_examples=20
+        )
+
+
+def test_forward_only_kernel_is_compared_on_outputs():
+    def forward_only(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                     return_last_state=False):  # fmt: skip
+        with torch.no_grad():
+            return mamba_style(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                               return_last_state)  # fmt: skip
+
+    caps = Capabilities(gradients=False)
+    report = check_selective_scan(forward_only, capabilities=caps, max_examples=EXAMPLES)
+    assert report.examples == EXAMPLES and report.gradient_examples == 0
+    assert any("gradients" in s for s in report.skipped)
+    with pytest.raises(ValueError, match="contradicts"):
+        check_selective_scan(forward_only, capabilities=caps, check_grad=True)
+
+
+def test_capabilities_bound_state_size_and_dtypes():
+    caps = Capabilities(state_sizes=(2, 3), dtypes=(torch.float64,))
+    report = check_selective_scan(mamba_style, capabilities=caps, max_examples=EXAMPLES)
+    assert report.examples + report.skipped_examples == EXAMPLES
+
+
+def test_looser_tolerance_warns_and_tighter_raises():
+    loose = Tolerance(rtol=1e-2, atol=1e-3)
+    with pytest.warns(UserWarning, match="tolerance loosened"):
+        report = check_selective_scan(
+            mamba_style, dtypes=[torch.float32], tolerance=loose, max_examples=3
+        )
+    assert any("tolerance loosened" in w for w in report.warnings)
+    tight = Tolerance(rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="tighter than the table"):
+        check_selective_scan(mamba_style, dtypes=[torch.float32], tolerance=tight)
+
+
+def test_inputs_and_dtypes_combine():
+    seen = set()
+
+    def recording(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True,
+                  initial_state=None, return_last_state=False):  # fmt: skip
+        seen.add(u.dtype)
+        return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state,
+                              return_last_state)  # fmt: skip
+
+    case = SelectiveScanCase(batch=1, routes=4, channels=1, length=9, state=2)
+    check_selective_scan(
+        recording,
+        inputs=st.just(case.build()),
+        dtypes=[torch.float32, torch.float64],
+        max_examples=10,
+    )
+    assert seen == {torch.float32, torch.float64}
+
+
+def test_overflow_is_not_called_an_unwritten_element():
+    from vmamba_ref.testing.diagnose import unwritten_or_overflow
+
+    ref = torch.tensor([1.0, 3e39, float("inf")], dtype=torch.float64)
+    fast = torch.tensor([1.0, float("inf"), float("nan")], dtype=torch.float32)
+    text = " ".join(unwritten_or_overflow([fast], [ref], {}, nan_fill=True))
+    assert "overflow" in text and "never written" not in text
+
+
+def test_report_counts_nonfinite_mismatches_and_prints_float64_digits():
+    ref = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    fast = ref.clone()
+    fast[0] = 1.0 + 1e-9
+    fast[2] = float("nan")
+    report = mismatch_report("output", fast, ref, Rule(tolerance(torch.float64)))
+    assert "1.000000001" in report
+    assert "1 non-finite mismatch" in report
