@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from vmamba_fast.triton.cross_scan import is_interpreted
+    from vmamba_fast.triton.common import is_interpreted
 
     if args.interpret:
         device, shapes = "cpu", INTERPRET

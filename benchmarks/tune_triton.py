@@ -70,8 +70,8 @@ def launchers(dtype, stage: int) -> dict:
 
     scan_in, core_in = scan_case(dtype, "cuda", stage)
     runs = {
-        "scan_fwd": lambda bl: sel.selective_scan_fwd(*scan_in, True, None, False, bl),
-        "core_fwd": lambda bl: core.ss2d_core_fwd(*core_in, True, False, bl),
+        "scan_fwd": lambda bl: sel.selective_scan_fwd(*scan_in, None, True, blocks=bl),
+        "core_fwd": lambda bl: core.ss2d_core_fwd(*core_in, True, blocks=bl),
     }
     gy_scan = torch.randn_like(scan_in[0], dtype=torch.float32)  # (b, k*d, l)
     gy_core = torch.randn_like(core_in[0], dtype=torch.float32)  # (b, d, h, w)
@@ -79,13 +79,19 @@ def launchers(dtype, stage: int) -> dict:
 
     def scan_bwd(bl):
         if ("scan", bl) not in ckpts:
-            ckpts["scan", bl] = sel.selective_scan_fwd(*scan_in, True, None, True, bl)[2]
-        return sel.selective_scan_bwd(*scan_in, True, None, ckpts["scan", bl], gy_scan, None, bl)
+            ckpts["scan", bl] = sel.selective_scan_fwd(
+                *scan_in, None, True, store_checkpoints=True, blocks=bl
+            )[2]
+        return sel.selective_scan_bwd(
+            gy_scan, None, *scan_in, None, True, ckpt=ckpts["scan", bl], blocks=bl
+        )
 
     def core_bwd(bl):
         if ("core", bl) not in ckpts:
-            ckpts["core", bl] = core.ss2d_core_fwd(*core_in, True, True, bl)[1]
-        return core.ss2d_core_bwd(*core_in, True, ckpts["core", bl], gy_core, bl)
+            ckpts["core", bl] = core.ss2d_core_fwd(
+                *core_in, True, store_checkpoints=True, blocks=bl
+            )[1]
+        return core.ss2d_core_bwd(gy_core, *core_in, True, ckpt=ckpts["core", bl], blocks=bl)
 
     return runs | {"scan_bwd": scan_bwd, "core_bwd": core_bwd}
 

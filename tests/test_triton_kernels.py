@@ -95,7 +95,7 @@ def test_argument_errors_are_the_references(op, args):
 
 
 def interpreted() -> bool:
-    return triton_module("cross_scan").is_interpreted()
+    return triton_module("common").is_interpreted()
 
 
 @pytest.mark.skipif("interpreted()", reason="this process runs triton in interpreter mode")
@@ -146,9 +146,12 @@ OPERATORS = (
 
 @pytest.mark.parametrize("name", OPERATORS)
 def test_importing_the_backend_registers_the_cuda_kernels_of_the_vmamba_operators(name):
+    """Each backend package registers its own device's kernels of the operators that
+    vmamba_fast/ops.py declares: Triton the CUDA ones, Numba the CPU ones."""
     importlib.import_module("vmamba_fast.triton")
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vmamba::{name}", "CUDA")
-    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vmamba::{name}", "CPU")  # Numba's
+    importlib.import_module("vmamba_fast.numba")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vmamba::{name}", "CPU")
 
 
 @pytest.mark.parametrize("inference", [False, True])
@@ -172,14 +175,14 @@ def test_default_tiles_are_powers_of_two_within_the_register_budget(route_order,
 # what the interpreter lets through: type errors in loops, unsupported ops, layout conversions.
 COMPILE_VARIANTS = [
     # (kernel, pointer dtypes of the data, constexprs, compute capability)
-    ("selective_scan", "_fwd_kernel", "bf16", dict(ROUTE_ORDER=False, HAS_H0=True, STORE_CKPT=True), 90),
-    ("selective_scan", "_bwd_kernel", "bf16", dict(ROUTE_ORDER=False, HAS_H0=True, HAS_GH_LAST=True), 90),
-    ("selective_scan", "_fwd_kernel", "fp16", dict(ROUTE_ORDER=True, HAS_H0=False, STORE_CKPT=False), 90),
-    ("selective_scan", "_bwd_kernel", "fp32", dict(ROUTE_ORDER=True, HAS_H0=False, HAS_GH_LAST=False), 90),
-    ("selective_scan", "_fwd_kernel", "fp64", dict(ROUTE_ORDER=True, HAS_H0=False, STORE_CKPT=True), 90),
-    ("selective_scan", "_bwd_kernel", "fp64", dict(ROUTE_ORDER=False, HAS_H0=True, HAS_GH_LAST=False), 90),
-    ("selective_scan", "_fwd_kernel", "bf16", dict(ROUTE_ORDER=True, HAS_H0=False, STORE_CKPT=True), 80),
-    ("selective_scan", "_bwd_kernel", "bf16", dict(ROUTE_ORDER=True, HAS_H0=False, HAS_GH_LAST=False), 80),
+    ("selective_scan", "_fwd_kernel", "bf16", dict(HAS_INITIAL_STATE=True, STORE_CKPT=True), 90),
+    ("selective_scan", "_bwd_kernel", "bf16", dict(HAS_INITIAL_STATE=True, HAS_GLAST_STATE=True), 90),
+    ("ss2d_core", "_fwd_kernel", "fp16", dict(STORE_CKPT=False), 90),
+    ("ss2d_core", "_bwd_kernel", "fp32", {}, 90),
+    ("ss2d_core", "_fwd_kernel", "fp64", dict(STORE_CKPT=True), 90),
+    ("selective_scan", "_bwd_kernel", "fp64", dict(HAS_INITIAL_STATE=True, HAS_GLAST_STATE=False), 90),
+    ("ss2d_core", "_fwd_kernel", "bf16", dict(STORE_CKPT=True), 80),
+    ("ss2d_core", "_bwd_kernel", "bf16", {}, 80),
     ("cross_scan", "_cross_scan_kernel", "bf16", {}, 90),
     ("cross_scan", "_cross_merge_kernel", "fp16", {}, 90),
 ]  # fmt: skip

@@ -23,7 +23,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 import vmamba_fast  # noqa: E402
 import vmamba_ref  # noqa: E402
-from vmamba_fast.triton.cross_scan import cross_merge, cross_scan, is_interpreted  # noqa: E402
+from vmamba_fast.triton.common import is_interpreted  # noqa: E402
+from vmamba_fast.triton.cross_scan import cross_merge, cross_scan  # noqa: E402
 from vmamba_fast.triton.selective_scan import (  # noqa: E402
     ScanBlocks,
     cuda_selective_scan_bwd,

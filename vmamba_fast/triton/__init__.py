@@ -1,10 +1,12 @@
 """backend="triton": VMamba's scan operators as Triton kernels, for CUDA tensors.
 
-| file              | kernels                                                             |
-|-------------------|---------------------------------------------------------------------|
-| cross_scan.py     | cross-scan and cross-merge as gathers; the route maps; device check |
-| selective_scan.py | the selective scan, forward and recomputing backward                |
-| ss2d_core.py      | the same scan reading and writing the grid in route order, fused    |
+| file              | holds                                                                  |
+|-------------------|------------------------------------------------------------------------|
+| common.py         | what the kernels share: device check, compute dtype, route maps,       |
+|                   | softplus, one chunk of the recurrence and of its adjoint               |
+| cross_scan.py     | cross-scan and cross-merge as gathers                                  |
+| selective_scan.py | the selective scan, forward and recomputing backward; default tiles    |
+| ss2d_core.py      | the fused SS2D core: the scan reading and writing the grid in route order |
 
 Each public function has the signature, layouts, dtype rule and argument errors of its twin in
 `vmamba_ref`. They run on CUDA tensors, through the `vmamba::` custom operators of
@@ -58,6 +60,7 @@ ops.register_kernels(
     ss2d_core_bwd=cuda_ss2d_core_bwd,
 )
 
-OPS = ScanOps("triton", cross_scan, cross_merge, selective_scan, ss2d_core)  # what get_ops("triton") returns
+# What get_ops("triton") returns.
+OPS = ScanOps("triton", cross_scan, cross_merge, selective_scan, ss2d_core)
 
 __all__ = ["cross_merge", "cross_scan", "selective_scan", "ss2d_core"]

@@ -12,14 +12,13 @@ Paper section 3.3 (SS2D), figure 2; the route orders are `vmamba_ref.cross_scan`
 Memory traffic: cross-scan reads x once per route and writes the four copies, 8 * b*d*l
 elements moved; cross-merge the same in reverse. `vmamba_fast.triton.ss2d_core` avoids both by
 reading and writing in route order inside the scan kernel, with the `route_position` helper
-below; these two kernels serve callers that want the four sequences themselves.
+of `common.py`; these two kernels serve callers that want the four sequences themselves.
 
 Both kernels gather, so neither needs atomics: cross-scan reads x at `route_position(t)`,
 cross-merge reads each route's sequence at `route_step(p)`, the inverse map, and sums the four
 values in float32 (float64 for float64) before one rounding to the output dtype.
 
-This module also holds what every Triton kernel of the package shares: the route maps and the
-check that a tensor is on a device the kernels can run on.
+The route maps and the device check are shared with the scan kernels and live in `common.py`.
 
 Official implementation: `CrossScanF` / `CrossMergeF` and their Triton kernels in VMamba's
 `csm_triton.py`. Deviations: the official kernels copy with flips and transposes of tiles;
@@ -32,36 +31,14 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
 
-from vmamba_ref.contract import (
-    ROUTES,
-    BackendUnavailableError,
-    check_grid,
-    check_shape,
-    check_tensor,
-)
-
-
-@triton.jit
-def route_position(o_t, i_k, h, w, l):
-    """Grid position (row-major, p = i*w + j) that route `i_k` reads at steps `o_t`."""
-    o_s = tl.where(i_k >= 2, l - 1 - o_t, o_t)  # routes 2, 3 read routes 0, 1 backwards
-    o_col = (o_s % h) * w + o_s // h  # column-major step s = j*h + i visits p = i*w + j
-    return tl.where(i_k % 2 == 1, o_col, o_s)
-
-
-@triton.jit
-def route_step(o_p, i_k, h, w, l):
-    """Step at which route `i_k` reads grid position `o_p`: the inverse of `route_position`."""
-    o_col = (o_p % w) * h + o_p // w  # p = i*w + j is step j*h + i of the column-major route
-    o_s = tl.where(i_k % 2 == 1, o_col, o_p)
-    return tl.where(i_k >= 2, l - 1 - o_s, o_s)
+from vmamba_fast.triton.common import acc_dtype, check_device, route_position, route_step
+from vmamba_ref.contract import ROUTES, check_grid, check_shape, check_tensor
 
 
 @triton.jit
 def _cross_scan_kernel(p_x, p_xs, d, l, h, w, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
-    """xs[i_b, k, c, t] = x[i_b, c, route_position(t, k)] for the four routes k.
+    """xs[i_b, k, :, t] = x[i_b, :, route_position(t, k)] for the four routes k, every channel.
 
     Pointers (contiguous):
         p_x   x  (b, d, l)     strides (d*l, l, 1), the grid flattened row-major
@@ -86,7 +63,7 @@ def _cross_scan_kernel(p_x, p_xs, d, l, h, w, BLOCK_D: tl.constexpr, BLOCK_T: tl
 def _cross_merge_kernel(
     p_ys, p_y, d, l, h, w, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, ACC: tl.constexpr
 ):
-    """y[i_b, c, p] = sum over k of ys[i_b, k, c, route_step(p, k)].
+    """y[i_b, :, p] = sum over k of ys[i_b, k, :, route_step(p, k)], every channel.
 
     Pointers (contiguous):
         p_ys  ys (b, 4, d, l)  strides (4*d*l, d*l, l, 1), route k's output at its step t
@@ -114,28 +91,6 @@ def _cross_merge_kernel(
 # large enough to keep the memory system busy.
 _BLOCK_D = 16
 _BLOCK_T = 64
-
-
-def acc_dtype(dtype: torch.dtype) -> tl.dtype:
-    """The dtype kernels compute in for inputs of `dtype`: float64 stays, all else float32."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def is_interpreted() -> bool:
-    """True when Triton was imported with TRITON_INTERPRET=1: kernels then run on CPU tensors."""
-    return isinstance(_cross_scan_kernel, InterpretedFunction)
-
-
-def check_device(fn: str, x: torch.Tensor) -> None:
-    """Raise BackendUnavailableError unless the Triton kernels can run on `x`'s device."""
-    if x.device.type == "cuda" or (x.device.type == "cpu" and is_interpreted()):
-        return
-    raise BackendUnavailableError(
-        f"{fn}: backend 'triton' runs on CUDA tensors, got a tensor on {x.device}. Pass CUDA "
-        "tensors; or, to run the Triton kernels on the CPU through Triton's (slow) interpreter, "
-        "set TRITON_INTERPRET=1 in the environment before triton is imported; or use "
-        "backend='numba' (fast, CPU) or backend='ref' (any device)"
-    )
 
 
 def cross_scan_fwd(x: torch.Tensor) -> torch.Tensor:
@@ -192,6 +147,13 @@ class CrossMergeFn(torch.autograd.Function):
         return cross_scan_fwd(g_y).view(b, ROUTES, d, h, w)  # (b, k, d, l) -> (b, k, d, h, w)
 
 
+def _check_ys(fn: str, ys: torch.Tensor) -> None:
+    """The reference's checks of cross-merge's input, then the device's."""
+    check_tensor(fn, "ys", ys)
+    check_shape(fn, "ys", ys, (None, ROUTES, None, None, None), "b k d h w")
+    check_device(fn, ys)
+
+
 def cuda_cross_scan(x: torch.Tensor) -> torch.Tensor:
     """The CUDA kernel of the `vmamba::cross_scan` operator (vmamba_fast/ops.py)."""
     check_grid("vmamba::cross_scan", "x", x)
@@ -201,10 +163,7 @@ def cuda_cross_scan(x: torch.Tensor) -> torch.Tensor:
 
 def cuda_cross_merge(ys: torch.Tensor) -> torch.Tensor:
     """The CUDA kernel of the `vmamba::cross_merge` operator (vmamba_fast/ops.py)."""
-    fn = "vmamba::cross_merge"
-    check_tensor(fn, "ys", ys)
-    check_shape(fn, "ys", ys, (None, ROUTES, None, None, None), "b k d h w")
-    check_device(fn, ys)
+    _check_ys("vmamba::cross_merge", ys)
     return cross_merge_fwd(ys)  # (b, d, h, w)
 
 
@@ -212,15 +171,16 @@ def cross_scan(x: torch.Tensor) -> torch.Tensor:
     """`vmamba_ref.cross_scan` on the GPU: x (b, d, h, w) -> xs (b, 4, d, h*w), x's dtype.
 
     Differentiable; its backward is the cross-merge kernel. CUDA tensors go through the
-    `vmamba::cross_scan` operator, CPU tensors (interpreter) straight to the kernel.
+    `vmamba::cross_scan` operator, whose kernel (`cuda_cross_scan`) checks the arguments; CPU
+    tensors (interpreter) are checked here and go straight to the kernel.
     """
-    if not torch.compiler.is_compiling():
-        check_grid("cross_scan", "x", x)
-        check_device("cross_scan", x)
-    if x.device.type == "cuda":
+    if isinstance(x, torch.Tensor) and x.device.type == "cuda":
         from vmamba_fast import ops
 
         return ops.cross_scan(x)
+    if not torch.compiler.is_compiling():
+        check_grid("cross_scan", "x", x)
+        check_device("cross_scan", x)
     return CrossScanFn.apply(x)
 
 
@@ -230,14 +190,13 @@ def cross_merge(ys: torch.Tensor) -> torch.Tensor:
     The four routes are summed in float32 (float64 for float64) and rounded once, so low-precision
     results can differ from the reference's in-dtype accumulation by one rounding.
     Differentiable; its backward is the cross-scan kernel. CUDA tensors go through the
-    `vmamba::cross_merge` operator, CPU tensors (interpreter) straight to the kernel.
+    `vmamba::cross_merge` operator, whose kernel (`cuda_cross_merge`) checks the arguments; CPU
+    tensors (interpreter) are checked here and go straight to the kernel.
     """
-    if not torch.compiler.is_compiling():
-        check_tensor("cross_merge", "ys", ys)
-        check_shape("cross_merge", "ys", ys, (None, ROUTES, None, None, None), "b k d h w")
-        check_device("cross_merge", ys)
-    if ys.device.type == "cuda":
+    if isinstance(ys, torch.Tensor) and ys.device.type == "cuda":
         from vmamba_fast import ops
 
         return ops.cross_merge(ys)
+    if not torch.compiler.is_compiling():
+        _check_ys("cross_merge", ys)
     return CrossMergeFn.apply(ys)

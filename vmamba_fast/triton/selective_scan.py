@@ -1,7 +1,8 @@
 """Triton selective scan (S6), forward and backward: one program per (batch, route, channel block).
 
-Mamba (Gu & Dao 2023) section 3.2 and algorithm 2; VMamba section 3.2. For channel c of route
-k, state index n and step t (the math of `vmamba_ref.selective_scan`):
+Mamba (Gu & Dao 2023) section 3.2 and algorithm 2; VMamba section 3.2. For each inner channel of
+route k, state index n and step t (the math of `vmamba_ref.selective_scan`; `h_t` is the paper's
+state, `state` in code, since `h` is the grid height):
 
     dt_t  = softplus(delta_t + delta_bias)
     dA_t  = exp(dt_t * A[n])
@@ -36,19 +37,23 @@ and every gradient is a product of g_t with quantities of the forward pass:
     gB_t[n] += g_t * dt_t * u_t,   gC_t[n] += gy_t * h_t    (summed over the route's channels)
     gD      += gy_t * u_t,   gdelta_t = gdt_t * sigmoid(delta_t + delta_bias)
 
-The forward saves only the state at each chunk start, (b, k*d, cdiv(l, BLOCK_T), n): 1/BLOCK_T of
-the full states. (Through the `vmamba::selective_scan_bwd` operator, which keeps only the
-inputs, a forward pass recomputes them first.) The backward walks the chunks last to first; in each it rescans the states from
-the saved one, then scans the adjoint over the same chunk with its inputs loaded in reverse time
-order, so the adjoint is again a forward scan, and flips the result to line it up with the
-states. `dA_t h_{t-1}` is `h_t - dBu_t`, which needs no shifted copy of the states.
+(Gradients are named g* in this package, since dA is the discretized A.) The forward saves only
+the state at each chunk start, (b, k*d, cdiv(l, BLOCK_T), n): 1/BLOCK_T of the full states.
+(Through the `vmamba::selective_scan_bwd` operator, which keeps only the inputs, a forward pass
+recomputes them first.) The backward walks the chunks last to first; in each it rescans the
+states from the saved one, then scans the adjoint over the same chunk with its inputs loaded in
+reverse time order, so the adjoint is again a forward scan, and flips the result to line it up
+with the states. `dA_t h_{t-1}` is `h_t - dBu_t`, which needs no shifted copy of the states.
+
+The recurrence of one chunk, forward and backward, is `scan_chunk_fwd` / `scan_chunk_bwd` of
+`common.py`, which the fused SS2D core's kernels (`ss2d_core.py`) call too; the kernels here
+only address the (b, k*d, l) layout, where step t of a sequence is column t. The default tiles
+of both (`scan_blocks`) live here; docs/kernels.md says how they were measured.
 
 Reductions: A, D and delta_bias are shared across the batch, B and C across a route's d
 channels. Each program writes its own partial sums, (b, k*d, n) for A, (b, k*d) for D and
 delta_bias, (b, k, cdiv(d, BLOCK_D), n, l) for B and C, and PyTorch sums them: deterministic,
-and no atomics. With `ROUTE_ORDER` (the fused SS2D core, `vmamba_fast.triton.ss2d_core`) the
-same kernels read and write the grid in route order and the four routes add their outputs into
-one map with atomic adds.
+and no atomics.
 
 Dtypes: u, delta, B, C in float16, bfloat16, float32 or float64 (one dtype for the four); the
 output and the last state in float32, float64 for float64 input, as the reference. Float64 runs
@@ -70,94 +75,43 @@ import torch
 import triton
 import triton.language as tl
 
-from vmamba_fast.triton.cross_scan import acc_dtype, check_device, route_position
+from vmamba_fast.triton.common import (
+    acc_dtype,
+    check_device,
+    contiguous_or_none,
+    load_channel_params,
+    scan_chunk_bwd,
+    scan_chunk_fwd,
+)
 from vmamba_ref.contract import check_selective_scan_args, check_shape, compute_dtype
 
 
 @triton.jit
-def _combine(a_l, b_l, a_r, b_r):
-    """Compose two steps of h -> a h + b, left first: h -> a_r (a_l h + b_l) + b_r."""
-    return a_l * a_r, a_r * b_l + b_r
-
-
-@triton.jit
-def _load_tile(p, r, o_p, l, m, ACC: tl.constexpr):
-    """Tile p[r, o_p] of a row-major (rows, l) tensor, as ACC, 0 outside the mask m."""
-    return tl.load(p + r[:, None] * l + o_p[None, :], mask=m, other=0.0).to(ACC)
-
-
-@triton.jit
-def _softplus(x):
-    """log(1 + exp(x)), and x above 20 like torch's softplus.
-
-    log1p(e) by Kahan's trick, log(1 + e) * e / ((1 + e) - 1), exact to rounding also where
-    1 + e rounds to 1 (e below one ulp of 1), where log(1 + e) alone would return 0.
-    """
-    e = tl.exp(tl.minimum(x, 20.0))
-    one_e = 1.0 + e
-    rounded_away = one_e == 1.0
-    log1p_e = tl.where(
-        rounded_away, e, tl.log(one_e) * (e / tl.where(rounded_away, 1.0, one_e - 1.0))
-    )
-    return tl.where(x > 20.0, x, log1p_e)
-
-
-@triton.jit
-def _softplus_grad(x):
-    """d softplus / dx: sigmoid(x), computed without overflow; 1 above the threshold of 20."""
-    e = tl.exp(-tl.abs(x))
-    sigmoid = tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    return tl.where(x > 20.0, 1.0, sigmoid)
-
-
-@triton.jit
-def _step_size(
-    b_delta, b_delta_bias, m_dt, DELTA_SOFTPLUS: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr
-):
-    """dt = softplus(delta + delta_bias) on a (BLOCK_D, BLOCK_T) tile, 0 outside the mask, so
-    that padded steps leave the state alone (dA = 1, dBu = 0). Returns (dt, delta + bias)."""
-    b_z = b_delta
-    if HAS_DELTA_BIAS:
-        b_z = b_z + b_delta_bias[:, None]
-    b_dt = b_z
-    if DELTA_SOFTPLUS:
-        b_dt = _softplus(b_z)
-    return tl.where(m_dt, b_dt, 0.0), b_z
-
-
-@triton.jit
 def _fwd_kernel(
-    p_u, p_delta, p_A, p_B, p_C, p_D, p_delta_bias, p_h0,
-    p_y, p_h_last, p_ckpt,
-    d, l, n, h, w,
+    p_u, p_delta, p_A, p_B, p_C, p_D, p_delta_bias, p_initial_state,
+    p_y, p_last_state, p_ckpt,
+    d, l, n,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, ACC: tl.constexpr,
-    ROUTE_ORDER: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
-    HAS_DELTA_BIAS: tl.constexpr, HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr,
+    DELTA_SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr,
+    HAS_INITIAL_STATE: tl.constexpr, STORE_CKPT: tl.constexpr,
 ):  # fmt: skip
     """Forward scan of channels [i_d*BLOCK_D, +BLOCK_D) of route i_k in batch i_b.
 
-    Grid (cdiv(d, BLOCK_D), k, b); program (i_d, i_k, i_b). Channel c of route i_k is row
-    i_k*d + c of the (k*d)-sized tensors. All pointers are contiguous:
+    Grid (cdiv(d, BLOCK_D), k, b); program (i_d, i_k, i_b). Channel o_d of route i_k is row
+    i_k*d + o_d of the (k*d)-sized tensors; step t is column t. All pointers are contiguous:
 
-        p_u          u      (b, k*d, l)  strides (k*d*l, l, 1); with ROUTE_ORDER x (b, d, l),
-                                          strides (d*l, l, 1), shared by the k routes
+        p_u          u      (b, k*d, l)  strides (k*d*l, l, 1)
         p_delta      delta  (b, k*d, l)  strides (k*d*l, l, 1)
         p_A          A      (k*d, n)     strides (n, 1)
         p_B, p_C     B, C   (b, k, n, l) strides (k*n*l, n*l, l, 1)
         p_D          D      (k*d,)       stride 1, read if HAS_D
         p_delta_bias        (k*d,)       stride 1, read if HAS_DELTA_BIAS
-        p_h0         h_{-1} (b, k*d, n)  strides (k*d*n, n, 1), read if HAS_H0
-        p_y          y      like p_u, in ACC; without ROUTE_ORDER stored, with ROUTE_ORDER
-                                          atomically added (the caller zeroes it), so that the
-                                          four routes sum into one map
-        p_h_last     h_{l-1} (b, k*d, n) strides (k*d*n, n, 1), ACC
+        p_initial_state h_{-1} (b, k*d, n) strides (k*d*n, n, 1), read if HAS_INITIAL_STATE
+        p_y          y      (b, k*d, l)  strides (k*d*l, l, 1), ACC
+        p_last_state h_{l-1} (b, k*d, n) strides (k*d*n, n, 1), ACC
         p_ckpt       state at the start of each chunk (b, k*d, cdiv(l, BLOCK_T), n),
                      strides (k*d*cdiv(l, BLOCK_T)*n, cdiv(l, BLOCK_T)*n, n, 1), ACC; written
                      if STORE_CKPT, for the backward
-
-    Without ROUTE_ORDER step t of a sequence is at column t. With ROUTE_ORDER the last axis of
-    u, delta, B, C and y is the (h, w) grid flattened row-major and step t of route i_k is at
-    column `route_position(t, i_k, h, w, l)`.
     """
     i_d, i_k, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     k = tl.num_programs(1)
@@ -166,87 +120,59 @@ def _fwd_kernel(
     o_j = tl.arange(0, BLOCK_T)  # step within a chunk
     m_d, m_n = o_d < d, o_n < n
     m_dn = m_d[:, None] & m_n[None, :]
-    o_c = i_k * d + o_d  # channels within k*d
-    r_kd = i_b * k * d + o_c  # rows of (b, k*d, .) tensors
-    if ROUTE_ORDER:
-        r_u = i_b * d + o_d  # rows of x and y, (b, d, l)
-    else:
-        r_u = r_kd
+    o_kd = i_k * d + o_d  # channels within k*d
+    r_kd = i_b * k * d + o_kd  # rows of (b, k*d, .) tensors
     r_bc = (i_b * k + i_k) * n + o_n  # rows of B, C viewed as (b*k*n, l)
     n_chunks = tl.cdiv(l, BLOCK_T)
 
-    b_A = tl.load(p_A + o_c[:, None] * n + o_n[None, :], mask=m_dn, other=0.0).to(ACC)  # (BD, BN)
-    b_D = tl.zeros((BLOCK_D,), dtype=ACC)
-    if HAS_D:
-        b_D = tl.load(p_D + o_c, mask=m_d, other=0.0).to(ACC)  # (BD,)
-    b_delta_bias = tl.zeros((BLOCK_D,), dtype=ACC)
-    if HAS_DELTA_BIAS:
-        b_delta_bias = tl.load(p_delta_bias + o_c, mask=m_d, other=0.0).to(ACC)  # (BD,)
-    b_h = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)  # the state carried across chunks
-    if HAS_H0:
-        b_h = tl.load(p_h0 + r_kd[:, None] * n + o_n[None, :], mask=m_dn, other=0.0).to(ACC)
+    b_A, b_D, b_delta_bias = load_channel_params(
+        p_A, p_D, p_delta_bias, o_kd, o_n, m_d, n, BLOCK_D, ACC, HAS_D, HAS_DELTA_BIAS
+    )  # (BD, BN), (BD,), (BD,)
+    b_state = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)  # carried across chunks
+    if HAS_INITIAL_STATE:
+        p_state = p_initial_state + r_kd[:, None] * n + o_n[None, :]
+        b_state = tl.load(p_state, mask=m_dn, other=0.0).to(ACC)
 
     for i_t in range(0, n_chunks):
         if STORE_CKPT:
             p_ckpt_t = p_ckpt + (r_kd[:, None] * n_chunks + i_t) * n + o_n[None, :]
-            tl.store(p_ckpt_t, b_h, mask=m_dn)
+            tl.store(p_ckpt_t, b_state, mask=m_dn)
         o_t = i_t * BLOCK_T + o_j
         m_t = o_t < l
-        if ROUTE_ORDER:
-            o_p = route_position(o_t, i_k, h, w, l)  # grid column of each step
-        else:
-            o_p = o_t
-        m_dt = m_d[:, None] & m_t[None, :]
-        m_nt = m_n[:, None] & m_t[None, :]
-        b_u = _load_tile(p_u, r_u, o_p, l, m_dt, ACC)  # (BD, BT)
-        b_delta = _load_tile(p_delta, r_kd, o_p, l, m_dt, ACC)
-        b_B = _load_tile(p_B, r_bc, o_p, l, m_nt, ACC)  # (BN, BT)
-        b_C = _load_tile(p_C, r_bc, o_p, l, m_nt, ACC)  # (BN, BT)
-        b_dt, _ = _step_size(b_delta, b_delta_bias, m_dt, DELTA_SOFTPLUS, HAS_DELTA_BIAS)
-
-        b_dA = tl.exp(b_dt[:, None, :] * b_A[:, :, None])  # (BD, BN, BT)
-        b_dBu = (b_dt * b_u)[:, None, :] * b_B[None, :, :]  # (BD, BN, BT)
-        # The carried state enters at the chunk's first step: h_first = dA h_carry + dBu.
-        b_in = b_dBu + tl.where(o_j[None, None, :] == 0, b_dA * b_h[:, :, None], 0.0)
-        _, b_hs = tl.associative_scan((b_dA, b_in), axis=2, combine_fn=_combine)  # (BD, BN, BT)
-        b_h = tl.sum(tl.where(o_j[None, None, :] == BLOCK_T - 1, b_hs, 0.0), axis=2)  # (BD, BN)
-
-        b_y = tl.sum(b_hs * b_C[None, :, :], axis=1) + b_D[:, None] * b_u  # (BD, BT)
-        p_y_t = p_y + r_u[:, None] * l + o_p[None, :]
-        if ROUTE_ORDER:
-            tl.atomic_add(p_y_t, b_y, mask=m_dt)
-        else:
-            tl.store(p_y_t, b_y, mask=m_dt)
-    tl.store(p_h_last + r_kd[:, None] * n + o_n[None, :], b_h, mask=m_dn)
+        b_y, b_state = scan_chunk_fwd(
+            p_u, p_delta, p_B, p_C, r_kd, r_kd, r_bc, o_t, m_d, m_n, m_t, l,
+            b_A, b_D, b_delta_bias, b_state,
+            BLOCK_T, ACC, DELTA_SOFTPLUS, HAS_DELTA_BIAS,
+        )  # fmt: skip
+        tl.store(p_y + r_kd[:, None] * l + o_t[None, :], b_y, mask=m_d[:, None] & m_t[None, :])
+    tl.store(p_last_state + r_kd[:, None] * n + o_n[None, :], b_state, mask=m_dn)
 
 
 @triton.jit
 def _bwd_kernel(
-    p_u, p_delta, p_A, p_B, p_C, p_D, p_delta_bias, p_ckpt, p_gy, p_gh_last,
-    p_gu, p_gdelta, p_gA, p_gB, p_gC, p_gD, p_gdelta_bias, p_gh0,
-    d, l, n, h, w,
+    p_u, p_delta, p_A, p_B, p_C, p_D, p_delta_bias, p_ckpt, p_gy, p_glast_state,
+    p_gu, p_gdelta, p_gA, p_gB, p_gC, p_gD, p_gdelta_bias, p_ginitial_state,
+    d, l, n,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, ACC: tl.constexpr,
-    ROUTE_ORDER: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
-    HAS_DELTA_BIAS: tl.constexpr, HAS_GH_LAST: tl.constexpr, HAS_H0: tl.constexpr,
+    DELTA_SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr,
+    HAS_GLAST_STATE: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr,
 ):  # fmt: skip
     """Backward of channels [i_d*BLOCK_D, +BLOCK_D) of route i_k in batch i_b, chunks last first.
 
     Grid (cdiv(d, BLOCK_D), k, b) as the forward; n_blocks = cdiv(d, BLOCK_D). Pointers are
     contiguous; p_u, p_delta, p_A, p_B, p_C, p_D, p_delta_bias and p_ckpt as in `_fwd_kernel`.
 
-        p_gy           gradient of y, like p_y (any float dtype)
-        p_gh_last      gradient of h_{l-1} (b, k*d, n), strides (k*d*n, n, 1), if HAS_GH_LAST
-        p_gu           gradient of u, like p_u: stored, or atomically added with ROUTE_ORDER
-                       (the caller zeroes it; the k routes share x)
-        p_gdelta       (b, k*d, l), strides (k*d*l, l, 1), stored in its element type
+        p_gy           gradient of y (b, k*d, l), strides (k*d*l, l, 1), any float dtype
+        p_glast_state  gradient of h_{l-1} (b, k*d, n), strides (k*d*n, n, 1), read if
+                       HAS_GLAST_STATE
+        p_gu, p_gdelta (b, k*d, l), strides (k*d*l, l, 1), stored in their element types
         p_gA           per-batch partial sums (b, k*d, n), strides (k*d*n, n, 1), ACC
         p_gB, p_gC     per-channel-block partial sums (b, k, n_blocks, n, l), strides
                        (k*n_blocks*n*l, n_blocks*n*l, n*l, l, 1), ACC
         p_gD, p_gdelta_bias  per-batch partial sums (b, k*d), strides (k*d, 1), ACC, written
                        if HAS_D / HAS_DELTA_BIAS
-        p_gh0          gradient of h_{-1} (b, k*d, n), strides (k*d*n, n, 1), ACC, if HAS_H0
-
-    Grid columns of steps follow `_fwd_kernel` (route_position with ROUTE_ORDER).
+        p_ginitial_state  gradient of h_{-1} (b, k*d, n), strides (k*d*n, n, 1), ACC, written
+                       if HAS_INITIAL_STATE
     """
     i_d, i_k, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     n_blocks, k = tl.num_programs(0), tl.num_programs(1)
@@ -255,110 +181,68 @@ def _bwd_kernel(
     o_j = tl.arange(0, BLOCK_T)  # step within a chunk
     m_d, m_n = o_d < d, o_n < n
     m_dn = m_d[:, None] & m_n[None, :]
-    o_c = i_k * d + o_d  # channels within k*d
-    r_kd = i_b * k * d + o_c  # rows of (b, k*d, .) tensors
-    if ROUTE_ORDER:
-        r_u = i_b * d + o_d  # rows of x, gy and gx, (b, d, l)
-    else:
-        r_u = r_kd
+    o_kd = i_k * d + o_d  # channels within k*d
+    r_kd = i_b * k * d + o_kd  # rows of (b, k*d, .) tensors
     r_bc = (i_b * k + i_k) * n + o_n  # rows of B, C viewed as (b*k*n, l)
     r_part = ((i_b * k + i_k) * n_blocks + i_d) * n + o_n  # rows of gB, gC partials
     n_chunks = tl.cdiv(l, BLOCK_T)
 
-    b_A = tl.load(p_A + o_c[:, None] * n + o_n[None, :], mask=m_dn, other=0.0).to(ACC)  # (BD, BN)
-    b_D = tl.zeros((BLOCK_D,), dtype=ACC)
-    if HAS_D:
-        b_D = tl.load(p_D + o_c, mask=m_d, other=0.0).to(ACC)  # (BD,)
-    b_delta_bias = tl.zeros((BLOCK_D,), dtype=ACC)
-    if HAS_DELTA_BIAS:
-        b_delta_bias = tl.load(p_delta_bias + o_c, mask=m_d, other=0.0).to(ACC)  # (BD,)
+    b_A, b_D, b_delta_bias = load_channel_params(
+        p_A, p_D, p_delta_bias, o_kd, o_n, m_d, n, BLOCK_D, ACC, HAS_D, HAS_DELTA_BIAS
+    )  # (BD, BN), (BD,), (BD,)
     # Adjoint carried backwards across chunks: g at the first step after the current chunk,
     # which for the last chunk is the last state's own gradient.
     b_g = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
-    if HAS_GH_LAST:
-        b_g = tl.load(p_gh_last + r_kd[:, None] * n + o_n[None, :], mask=m_dn, other=0.0).to(ACC)
+    if HAS_GLAST_STATE:
+        p_g = p_glast_state + r_kd[:, None] * n + o_n[None, :]
+        b_g = tl.load(p_g, mask=m_dn, other=0.0).to(ACC)
     b_gA = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
-    b_gh0 = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
+    b_ginitial_state = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
     b_gD = tl.zeros((BLOCK_D,), dtype=ACC)
     b_gdelta_bias = tl.zeros((BLOCK_D,), dtype=ACC)
 
-    for i_c in range(0, n_chunks):
-        i_t = n_chunks - 1 - i_c
+    for i_back in range(0, n_chunks):
+        i_t = n_chunks - 1 - i_back
         # Steps of the chunk in time order (o_t) and in reverse time order (o_s).
         o_t = i_t * BLOCK_T + o_j
         o_s = i_t * BLOCK_T + (BLOCK_T - 1) - o_j
-        if ROUTE_ORDER:
-            o_p = route_position(o_t, i_k, h, w, l)
-            o_ps = route_position(o_s, i_k, h, w, l)
-            o_ps1 = route_position(o_s + 1, i_k, h, w, l)
-        else:
-            o_p, o_ps, o_ps1 = o_t, o_s, o_s + 1
         m_dt = m_d[:, None] & (o_t < l)[None, :]
         m_nt = m_n[:, None] & (o_t < l)[None, :]
-
-        # Rescan the chunk's states from the one saved at its start.
-        b_h = tl.load(
-            p_ckpt + (r_kd[:, None] * n_chunks + i_t) * n + o_n[None, :], mask=m_dn, other=0.0
-        )
-        b_u = _load_tile(p_u, r_u, o_p, l, m_dt, ACC)  # (BD, BT)
-        b_delta = _load_tile(p_delta, r_kd, o_p, l, m_dt, ACC)
-        b_B = _load_tile(p_B, r_bc, o_p, l, m_nt, ACC)  # (BN, BT)
-        b_gy = _load_tile(p_gy, r_u, o_p, l, m_dt, ACC)  # (BD, BT)
-        b_dt, b_z = _step_size(b_delta, b_delta_bias, m_dt, DELTA_SOFTPLUS, HAS_DELTA_BIAS)
-        b_dA = tl.exp(b_dt[:, None, :] * b_A[:, :, None])  # (BD, BN, BT)
-        b_dBu = (b_dt * b_u)[:, None, :] * b_B[None, :, :]  # (BD, BN, BT)
-        b_in = b_dBu + tl.where(o_j[None, None, :] == 0, b_dA * b_h[:, :, None], 0.0)
-        _, b_hs = tl.associative_scan((b_dA, b_in), axis=2, combine_fn=_combine)  # (BD, BN, BT)
-
-        # The adjoint, on tiles in reverse time order: g_s = dA_{s+1} g_{s+1} + C_s gy_s.
-        m_ds = m_d[:, None] & (o_s < l)[None, :]
-        m_ds1 = m_d[:, None] & (o_s + 1 < l)[None, :]
-        m_ns = m_n[:, None] & (o_s < l)[None, :]
-        b_delta1 = _load_tile(p_delta, r_kd, o_ps1, l, m_ds1, ACC)
-        b_dt1, _ = _step_size(b_delta1, b_delta_bias, m_ds1, DELTA_SOFTPLUS, HAS_DELTA_BIAS)
-        b_dA1 = tl.exp(b_dt1[:, None, :] * b_A[:, :, None])  # dA_{s+1}, 1 past the end (BD, BN, BT)
-        b_Cs = _load_tile(p_C, r_bc, o_ps, l, m_ns, ACC)  # (BN, BT)
-        b_gys = _load_tile(p_gy, r_u, o_ps, l, m_ds, ACC)  # (BD, BT)
-        b_gin = b_Cs[None, :, :] * b_gys[:, None, :]  # (BD, BN, BT)
-        # The adjoint from the later chunk enters at this chunk's last step.
-        b_gin += tl.where(o_j[None, None, :] == 0, b_dA1 * b_g[:, :, None], 0.0)
-        _, b_grev = tl.associative_scan((b_dA1, b_gin), axis=2, combine_fn=_combine)  # (BD, BN, BT)
-        b_g = tl.sum(tl.where(o_j[None, None, :] == BLOCK_T - 1, b_grev, 0.0), axis=2)  # (BD, BN)
-        b_gs = tl.flip(b_grev, 2)  # (BD, BN, BT), time order, lined up with b_hs
-
-        b_dAh = b_hs - b_dBu  # dA_t h_{t-1} (BD, BN, BT)
-        b_gA += tl.sum(b_gs * b_dAh * b_dt[:, None, :], axis=2)  # (BD, BN)
-        b_gdt = tl.sum(b_gs * (b_dAh * b_A[:, :, None] + b_B[None, :, :] * b_u[:, None, :]), axis=1)
-        b_gu = tl.sum(b_gs * b_B[None, :, :], axis=1) * b_dt + b_D[:, None] * b_gy  # (BD, BT)
+        p_ckpt_t = p_ckpt + (r_kd[:, None] * n_chunks + i_t) * n + o_n[None, :]
+        b_state = tl.load(p_ckpt_t, mask=m_dn, other=0.0)  # (BD, BN) at the chunk's start
+        b_g, b_gu, b_gdelta, b_gA_t, b_gB, b_gC, b_gD_t, b_gstate_in = scan_chunk_bwd(
+            p_u, p_delta, p_B, p_C, p_gy, r_kd, r_kd, r_bc,
+            o_t, o_t, o_s, o_s, o_s + 1, m_d, m_n, l,
+            b_A, b_D, b_delta_bias, b_state, b_g,
+            BLOCK_T, ACC, DELTA_SOFTPLUS, HAS_DELTA_BIAS,
+        )  # fmt: skip
+        b_gA += b_gA_t  # (BD, BN)
         if HAS_D:
-            b_gD += tl.sum(b_gy * b_u, axis=1)  # (BD,)
-        if DELTA_SOFTPLUS:
-            b_gdt = b_gdt * _softplus_grad(b_z)
-        b_gdt = tl.where(m_dt, b_gdt, 0.0)  # (BD, BT) gradient of delta
+            b_gD += b_gD_t  # (BD,)
         if HAS_DELTA_BIAS:
-            b_gdelta_bias += tl.sum(b_gdt, axis=1)  # (BD,)
-        if HAS_H0:
-            b_gh0 = tl.sum(tl.where(o_j[None, None, :] == 0, b_dA * b_gs, 0.0), axis=2)  # (BD, BN)
+            b_gdelta_bias += tl.sum(b_gdelta, axis=1)  # (BD,)
+        if HAS_INITIAL_STATE:
+            b_ginitial_state = b_gstate_in  # the first chunk's is the last one written
 
-        p_gdelta_t = p_gdelta + r_kd[:, None] * l + o_p[None, :]
-        tl.store(p_gdelta_t, b_gdt.to(p_gdelta.dtype.element_ty), mask=m_dt)
-        p_gu_t = p_gu + r_u[:, None] * l + o_p[None, :]
-        if ROUTE_ORDER:
-            tl.atomic_add(p_gu_t, b_gu, mask=m_dt)
-        else:
-            tl.store(p_gu_t, b_gu.to(p_gu.dtype.element_ty), mask=m_dt)
-        b_gB = tl.sum(b_gs * (b_dt * b_u)[:, None, :], axis=0)  # (BN, BT)
-        b_gC = tl.sum(b_hs * b_gy[:, None, :], axis=0)  # (BN, BT)
-        tl.store(p_gB + r_part[:, None] * l + o_p[None, :], b_gB, mask=m_nt)
-        tl.store(p_gC + r_part[:, None] * l + o_p[None, :], b_gC, mask=m_nt)
+        o_tile = r_kd[:, None] * l + o_t[None, :]  # offsets of the (BD, BT) tiles of gdelta, gu
+        tl.store(p_gdelta + o_tile, b_gdelta.to(p_gdelta.dtype.element_ty), mask=m_dt)
+        tl.store(p_gu + o_tile, b_gu.to(p_gu.dtype.element_ty), mask=m_dt)
+        tl.store(p_gB + r_part[:, None] * l + o_t[None, :], b_gB, mask=m_nt)
+        tl.store(p_gC + r_part[:, None] * l + o_t[None, :], b_gC, mask=m_nt)
 
     tl.store(p_gA + r_kd[:, None] * n + o_n[None, :], b_gA, mask=m_dn)
     if HAS_D:
         tl.store(p_gD + r_kd, b_gD, mask=m_d)
     if HAS_DELTA_BIAS:
         tl.store(p_gdelta_bias + r_kd, b_gdelta_bias, mask=m_d)
-    if HAS_H0:
-        tl.store(p_gh0 + r_kd[:, None] * n + o_n[None, :], b_gh0, mask=m_dn)
+    if HAS_INITIAL_STATE:
+        tl.store(p_ginitial_state + r_kd[:, None] * n + o_n[None, :], b_ginitial_state, mask=m_dn)
+
+
+# ------------------------------------------------------------------------------------------------
+# Default tiles, of this file's kernels and of the fused SS2D core's (`ss2d_core.py`, which asks
+# with route_order=True): the one place they are chosen.
+# ------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -427,129 +311,6 @@ def bwd_warps(blocks: ScanBlocks, n: int) -> int:
     return max(blocks.num_warps, min(elements // BWD_ELEMENTS_PER_WARP, 4))
 
 
-def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.contiguous()
-
-
-def launch_fwd(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    initial_state: torch.Tensor | None,
-    y: torch.Tensor,
-    *,
-    d: int,
-    grid_hw: tuple[int, int] | None,
-    delta_softplus: bool,
-    store_checkpoints: bool,
-    blocks: ScanBlocks,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run `_fwd_kernel` into `y`; return (h_last (b, k*d, n), chunk-start states or None).
-
-    Without `grid_hw` the layouts are the selective scan's; with `grid_hw = (h, w)` they are the
-    SS2D core's (u is x (b, d, l), y (b, d, l) zeroed by the caller) and steps are read in route
-    order. Inputs must be contiguous.
-    """
-    b, k, n, l = B.shape
-    acc = compute_dtype(u.dtype)
-    n_chunks = triton.cdiv(l, blocks.block_t)
-    h_last = torch.empty(b, k * d, n, dtype=acc, device=u.device)  # (b, k*d, n)
-    ckpt = (
-        torch.empty(b, k * d, n_chunks, n, dtype=acc, device=u.device)  # (b, k*d, chunks, n)
-        if store_checkpoints
-        else h_last  # not written
-    )
-    h, w = grid_hw if grid_hw is not None else (1, l)
-    # One program per (channel block, route, batch); the sequence loop runs inside.
-    grid = (triton.cdiv(d, blocks.block_d), k, b)
-    _fwd_kernel[grid](
-        u, delta, A, B, C,
-        u if D is None else D,
-        u if delta_bias is None else delta_bias,
-        u if initial_state is None else initial_state,
-        y, h_last, ckpt,
-        d, l, n, h, w,
-        BLOCK_D=blocks.block_d, BLOCK_N=triton.next_power_of_2(n), BLOCK_T=blocks.block_t,
-        ACC=acc_dtype(u.dtype), ROUTE_ORDER=grid_hw is not None, DELTA_SOFTPLUS=delta_softplus,
-        HAS_D=D is not None, HAS_DELTA_BIAS=delta_bias is not None,
-        HAS_H0=initial_state is not None, STORE_CKPT=store_checkpoints,
-        num_warps=blocks.num_warps,
-    )  # fmt: skip
-    return h_last, (ckpt if store_checkpoints else None)
-
-
-def launch_bwd(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    ckpt: torch.Tensor,
-    gy: torch.Tensor,
-    gh_last: torch.Tensor | None,
-    gu: torch.Tensor,
-    *,
-    d: int,
-    grid_hw: tuple[int, int] | None,
-    delta_softplus: bool,
-    has_initial_state: bool,
-    blocks: ScanBlocks,
-) -> tuple[torch.Tensor, ...]:
-    """Run `_bwd_kernel`, writing the gradient of u into `gu`, and reduce the partial sums.
-
-    Returns (gdelta like delta, gA (k*d, n), gB, gC (b, k, n, l), gD (k*d,) or None,
-    gdelta_bias (k*d,) or None, g_initial_state (b, k*d, n) or None), the reductions in the
-    computation dtype. Layouts as in `launch_fwd`; inputs must be contiguous.
-    """
-    b, k, n, l = B.shape
-    acc = compute_dtype(u.dtype)
-    n_blocks = triton.cdiv(d, blocks.block_d)
-    gdelta = torch.empty_like(delta)  # like delta
-    gA = torch.empty(b, k * d, n, dtype=acc, device=u.device)  # (b, k*d, n) per batch
-    gB = torch.empty(b, k, n_blocks, n, l, dtype=acc, device=u.device)  # per channel block
-    gC = torch.empty(b, k, n_blocks, n, l, dtype=acc, device=u.device)  # per channel block
-    gD = torch.empty(b, k * d, dtype=acc, device=u.device) if D is not None else None  # (b, k*d)
-    gdelta_bias = (
-        torch.empty(b, k * d, dtype=acc, device=u.device) if delta_bias is not None else None
-    )
-    gh0 = torch.empty(b, k * d, n, dtype=acc, device=u.device) if has_initial_state else None
-    h, w = grid_hw if grid_hw is not None else (1, l)
-    # One program per (channel block, route, batch), as the forward; chunks run last to first.
-    grid = (n_blocks, k, b)
-    _bwd_kernel[grid](
-        u, delta, A, B, C,
-        u if D is None else D,
-        u if delta_bias is None else delta_bias,
-        ckpt, gy,
-        u if gh_last is None else gh_last,
-        gu, gdelta, gA, gB, gC,
-        gA if gD is None else gD,
-        gA if gdelta_bias is None else gdelta_bias,
-        gA if gh0 is None else gh0,
-        d, l, n, h, w,
-        BLOCK_D=blocks.block_d, BLOCK_N=triton.next_power_of_2(n), BLOCK_T=blocks.block_t,
-        ACC=acc_dtype(u.dtype), ROUTE_ORDER=grid_hw is not None, DELTA_SOFTPLUS=delta_softplus,
-        HAS_D=D is not None, HAS_DELTA_BIAS=delta_bias is not None,
-        HAS_GH_LAST=gh_last is not None, HAS_H0=has_initial_state,
-        num_warps=bwd_warps(blocks, n),
-    )  # fmt: skip
-    return (
-        gdelta,
-        gA.sum(0),  # (k*d, n)
-        gB.sum(2),  # (b, k, n, l)
-        gC.sum(2),  # (b, k, n, l)
-        None if gD is None else gD.sum(0),  # (k*d,)
-        None if gdelta_bias is None else gdelta_bias.sum(0),  # (k*d,)
-        gh0,
-    )
-
-
 def selective_scan_fwd(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -558,29 +319,52 @@ def selective_scan_fwd(
     C: torch.Tensor,
     D: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
     initial_state: torch.Tensor | None,
-    store_checkpoints: bool,
+    delta_softplus: bool,
+    *,
+    store_checkpoints: bool = False,
     blocks: ScanBlocks | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Forward launcher on checked tensors: (y (b, k*d, l), h_last (b, k*d, n), chunk-start
-    states or None), in the computation dtype."""
+    """Run `_fwd_kernel` on checked tensors, arguments in the order of the
+    `vmamba::selective_scan_fwd` operator: (y (b, k*d, l), last_state (b, k*d, n), the
+    chunk-start states (b, k*d, chunks, n) if `store_checkpoints` else None), in the
+    computation dtype. `blocks` defaults to `scan_blocks`' tile."""
     b, kd, l = u.shape
     k, n = B.shape[1], B.shape[2]
     d = kd // k
     blocks = blocks or scan_blocks(d, n, l, inference=not store_checkpoints)
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
-    D, delta_bias, initial_state = (_contiguous(t) for t in (D, delta_bias, initial_state))
-    y = torch.empty(b, kd, l, dtype=compute_dtype(u.dtype), device=u.device)  # (b, k*d, l)
-    h_last, ckpt = launch_fwd(
-        u, delta, A, B, C, D, delta_bias, initial_state, y,
-        d=d, grid_hw=None, delta_softplus=delta_softplus, store_checkpoints=store_checkpoints,
-        blocks=blocks,
+    D, delta_bias, initial_state = (contiguous_or_none(t) for t in (D, delta_bias, initial_state))
+    acc = compute_dtype(u.dtype)
+    n_chunks = triton.cdiv(l, blocks.block_t)
+    y = torch.empty(b, kd, l, dtype=acc, device=u.device)  # (b, k*d, l)
+    last_state = torch.empty(b, kd, n, dtype=acc, device=u.device)  # (b, k*d, n)
+    ckpt = (
+        torch.empty(b, kd, n_chunks, n, dtype=acc, device=u.device)  # (b, k*d, chunks, n)
+        if store_checkpoints
+        else last_state  # not written
+    )
+    # One program per (channel block, route, batch); the sequence loop runs inside.
+    grid = (triton.cdiv(d, blocks.block_d), k, b)
+    _fwd_kernel[grid](
+        u, delta, A, B, C,
+        u if D is None else D,
+        u if delta_bias is None else delta_bias,
+        u if initial_state is None else initial_state,
+        y, last_state, ckpt,
+        d, l, n,
+        BLOCK_D=blocks.block_d, BLOCK_N=triton.next_power_of_2(n), BLOCK_T=blocks.block_t,
+        ACC=acc_dtype(u.dtype), DELTA_SOFTPLUS=delta_softplus,
+        HAS_D=D is not None, HAS_DELTA_BIAS=delta_bias is not None,
+        HAS_INITIAL_STATE=initial_state is not None, STORE_CKPT=store_checkpoints,
+        num_warps=blocks.num_warps,
     )  # fmt: skip
-    return y, h_last, ckpt
+    return y, last_state, (ckpt if store_checkpoints else None)
 
 
 def selective_scan_bwd(
+    dy: torch.Tensor,
+    dlast: torch.Tensor | None,
     u: torch.Tensor,
     delta: torch.Tensor,
     A: torch.Tensor,
@@ -588,37 +372,73 @@ def selective_scan_bwd(
     C: torch.Tensor,
     D: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
     initial_state: torch.Tensor | None,
-    ckpt: torch.Tensor,
-    gy: torch.Tensor,
-    gh_last: torch.Tensor | None,
+    delta_softplus: bool,
+    *,
+    ckpt: torch.Tensor | None = None,
     blocks: ScanBlocks | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
-    """Backward launcher: (gu, gdelta, gA, gB, gC, gD, gdelta_bias, g_initial_state), each in
-    its input's dtype (None for absent inputs). `ckpt` from `selective_scan_fwd` with the same
-    `blocks`; a None `gh_last` counts as zeros."""
+    """Run `_bwd_kernel` on checked tensors, arguments in the order of the
+    `vmamba::selective_scan_bwd` operator, and reduce its partial sums.
+
+    `dy` (b, k*d, l) and `dlast` (b, k*d, n) are the gradients of y and of the last state (a
+    None `dlast` counts as zeros). `ckpt` holds the chunk-start states from
+    `selective_scan_fwd(..., store_checkpoints=True, blocks=blocks)`; None recomputes them with
+    that forward first. Returns (gu, gdelta, gA, gB, gC, gD, gdelta_bias, ginitial_state), each
+    in its input's dtype, None for absent inputs.
+    """
     b, kd, l = u.shape
     k, n = B.shape[1], B.shape[2]
     d = kd // k
     blocks = blocks or scan_blocks(d, n, l)
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
-    D_, delta_bias_, gh_last = (_contiguous(t) for t in (D, delta_bias, gh_last))
+    D_, delta_bias_, dlast = (contiguous_or_none(t) for t in (D, delta_bias, dlast))
+    if ckpt is None:
+        _, _, ckpt = selective_scan_fwd(
+            u, delta, A, B, C, D_, delta_bias_, initial_state, delta_softplus,
+            store_checkpoints=True, blocks=blocks,
+        )  # fmt: skip
+    acc = compute_dtype(u.dtype)
+    n_blocks = triton.cdiv(d, blocks.block_d)
     gu = torch.empty_like(u)  # (b, k*d, l)
-    gdelta, gA, gB, gC, gD, gdelta_bias, gh0 = launch_bwd(
-        u, delta, A, B, C, D_, delta_bias_, ckpt, gy.contiguous(), gh_last, gu,
-        d=d, grid_hw=None, delta_softplus=delta_softplus,
-        has_initial_state=initial_state is not None, blocks=blocks,
+    gdelta = torch.empty_like(delta)  # (b, k*d, l)
+    gA = torch.empty(b, kd, n, dtype=acc, device=u.device)  # (b, k*d, n) per batch
+    gB = torch.empty(b, k, n_blocks, n, l, dtype=acc, device=u.device)  # per channel block
+    gC = torch.empty(b, k, n_blocks, n, l, dtype=acc, device=u.device)  # per channel block
+    gD = torch.empty(b, kd, dtype=acc, device=u.device) if D is not None else None  # (b, k*d)
+    gdelta_bias = torch.empty(b, kd, dtype=acc, device=u.device) if delta_bias is not None else None
+    has_initial_state = initial_state is not None
+    ginitial_state = (
+        torch.empty(b, kd, n, dtype=acc, device=u.device) if has_initial_state else None
+    )
+    # One program per (channel block, route, batch), as the forward; chunks run last to first.
+    grid = (n_blocks, k, b)
+    _bwd_kernel[grid](
+        u, delta, A, B, C,
+        u if D_ is None else D_,
+        u if delta_bias_ is None else delta_bias_,
+        ckpt, dy.contiguous(),
+        u if dlast is None else dlast,
+        gu, gdelta, gA, gB, gC,
+        gA if gD is None else gD,
+        gA if gdelta_bias is None else gdelta_bias,
+        gA if ginitial_state is None else ginitial_state,
+        d, l, n,
+        BLOCK_D=blocks.block_d, BLOCK_N=triton.next_power_of_2(n), BLOCK_T=blocks.block_t,
+        ACC=acc_dtype(u.dtype), DELTA_SOFTPLUS=delta_softplus,
+        HAS_D=D is not None, HAS_DELTA_BIAS=delta_bias is not None,
+        HAS_GLAST_STATE=dlast is not None, HAS_INITIAL_STATE=has_initial_state,
+        num_warps=bwd_warps(blocks, n),
     )  # fmt: skip
     return (
         gu,
         gdelta,
-        gA.to(A.dtype),
-        gB.to(B.dtype),
-        gC.to(C.dtype),
-        None if D is None else gD.to(D.dtype),
-        None if delta_bias is None else gdelta_bias.to(delta_bias.dtype),
-        None if initial_state is None else gh0.to(initial_state.dtype),
+        gA.sum(0).to(A.dtype),  # (b, k*d, n) -> (k*d, n)
+        gB.sum(2).to(B.dtype),  # (b, k, n_blocks, n, l) -> (b, k, n, l)
+        gC.sum(2).to(C.dtype),  # (b, k, n_blocks, n, l) -> (b, k, n, l)
+        None if D is None else gD.sum(0).to(D.dtype),  # (b, k*d) -> (k*d,)
+        None if delta_bias is None else gdelta_bias.sum(0).to(delta_bias.dtype),  # (k*d,)
+        None if initial_state is None else ginitial_state.to(initial_state.dtype),
     )
 
 
@@ -634,14 +454,15 @@ def cuda_selective_scan_fwd(
     delta_softplus: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The CUDA kernel of the `vmamba::selective_scan_fwd` operator (vmamba_fast/ops.py), whose
-    CPU kernel is Numba's: (y (b, k*d, l), h_last (b, k*d, n)) in the computation dtype."""
+    CPU kernel is Numba's: (y (b, k*d, l), last_state (b, k*d, n)) in the computation dtype.
+    The one place the operator's arguments are checked."""
     fn = "vmamba::selective_scan_fwd"
     check_selective_scan_args(fn, u, delta, A, B, C, D, delta_bias, initial_state)
     check_device(fn, u)
-    y, h_last, _ = selective_scan_fwd(
-        u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state, False
+    y, last_state, _ = selective_scan_fwd(
+        u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus
     )
-    return y, h_last
+    return y, last_state
 
 
 def cuda_selective_scan_bwd(
@@ -661,8 +482,8 @@ def cuda_selective_scan_bwd(
     ddelta_bias, dinitial_state), each in its input's dtype; for a D, delta_bias or initial
     state that is None, the gradient with respect to a zero one, in the computation dtype.
 
-    The operator keeps only its inputs, so the chunk-start states are recomputed by a forward
-    pass first; the backward then runs as `selective_scan_bwd`.
+    The operator keeps only its inputs, so `selective_scan_bwd` recomputes the chunk-start
+    states with a forward pass first.
     """
     fn = "vmamba::selective_scan_bwd"
     b, k, d, l, n = check_selective_scan_args(fn, u, delta, A, B, C, D, delta_bias, initial_state)
@@ -676,38 +497,35 @@ def cuda_selective_scan_bwd(
         delta_bias = torch.zeros(k * d, dtype=dtype, device=u.device)  # (k*d,)
     if initial_state is None:
         initial_state = torch.zeros(b, k * d, n, dtype=dtype, device=u.device)  # (b, k*d, n)
-    blocks = scan_blocks(d, n, l)
-    _, _, ckpt = selective_scan_fwd(
-        u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state, True, blocks
-    )
     return selective_scan_bwd(
-        u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state, ckpt, dy, dlast, blocks
+        dy, dlast, u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus
     )
 
 
 class SelectiveScanFn(torch.autograd.Function):
-    """The Triton selective scan with its recomputing backward. Returns (y, h_last)."""
+    """The Triton selective scan with its recomputing backward. Returns (y, last_state)."""
 
     @staticmethod
     def forward(
         ctx, u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus, needs_grad, blocks
     ):
-        y, h_last, ckpt = selective_scan_fwd(
-            u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state, needs_grad, blocks
-        )
+        y, last_state, ckpt = selective_scan_fwd(
+            u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus,
+            store_checkpoints=needs_grad, blocks=blocks,
+        )  # fmt: skip
         if needs_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, initial_state, ckpt)
         ctx.delta_softplus, ctx.blocks = delta_softplus, blocks
-        return y, h_last
+        return y, last_state
 
     @staticmethod
-    def backward(ctx, gy, gh_last):
+    def backward(ctx, gy, glast_state):
         u, delta, A, B, C, D, delta_bias, initial_state, ckpt = ctx.saved_tensors
         if gy is None:
             gy = torch.zeros(u.shape, dtype=compute_dtype(u.dtype), device=u.device)
         grads = selective_scan_bwd(
-            u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, initial_state, ckpt, gy,
-            gh_last, ctx.blocks,
+            gy, glast_state, u, delta, A, B, C, D, delta_bias, initial_state, ctx.delta_softplus,
+            ckpt=ckpt, blocks=ctx.blocks,
         )  # fmt: skip
         return (*grads, None, None, None)
 
@@ -729,25 +547,28 @@ def selective_scan_blocked(
     """`selective_scan` with an explicit tile, for tests and tuning.
 
     With `blocks=None` (the default tile) CUDA tensors go through the `vmamba::selective_scan_fwd`
-    operator, whose CUDA kernel is `cuda_selective_scan_fwd`; otherwise, and for CPU tensors in
-    the interpreter (where the operator's CPU kernel is Numba's), through `SelectiveScanFn`.
+    operator, whose CUDA kernel `cuda_selective_scan_fwd` checks the arguments; otherwise, and
+    for CPU tensors in the interpreter (where the operator's CPU kernel is Numba's), they are
+    checked here and run through `SelectiveScanFn`.
     """
-    if not torch.compiler.is_compiling():
-        check_selective_scan_args("selective_scan", u, delta, A, B, C, D, delta_bias, initial_state)
-        check_device("selective_scan", u)
-    if u.device.type == "cuda" and blocks is None:
+    if isinstance(u, torch.Tensor) and u.device.type == "cuda" and blocks is None:
         from vmamba_fast import ops
 
-        y, h_last = ops.selective_scan_fwd(
+        y, last_state = ops.selective_scan_fwd(
             u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus
         )
     else:
+        if not torch.compiler.is_compiling():
+            check_selective_scan_args(
+                "selective_scan", u, delta, A, B, C, D, delta_bias, initial_state
+            )
+            check_device("selective_scan", u)
         tensors = (u, delta, A, B, C, D, delta_bias, initial_state)
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in tensors
         )
-        y, h_last = SelectiveScanFn.apply(*tensors, delta_softplus, needs_grad, blocks)
-    return (y, h_last) if return_last_state else y
+        y, last_state = SelectiveScanFn.apply(*tensors, delta_softplus, needs_grad, blocks)
+    return (y, last_state) if return_last_state else y
 
 
 def selective_scan(
@@ -776,7 +597,7 @@ def selective_scan(
         return_last_state: also return h_{l-1} (b, k*d, n).
 
     Returns:
-        y (b, k*d, l) in float32 (float64 for float64 u); with `return_last_state`, (y, h_last).
+        y (b, k*d, l) in float32 (float64 for float64 u); with `return_last_state`, (y, last_state).
 
     Runs on CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1 was set before triton was
     imported; differentiable in every tensor argument.
