@@ -261,10 +261,10 @@ def _default_strategy(
     if op == "selective_scan":
         if caps.initial_state is False:
             options["with_initial_state"] = False
-            pinned.append("initial state: fn does not accept `initial_state`")
+            pinned.append("initial state: not supported (no `initial_state` parameter, or stated)")
         if caps.last_state is False:
             options["return_last_state"] = False
-            pinned.append("last state: fn does not accept `return_last_state`")
+            pinned.append("last state: not supported (no `return_last_state` parameter, or stated)")
     if op in ("selective_scan", "ss2d_core") and caps.state_sizes is not None:
         low, high = caps.state_sizes
         options["max_state"] = min(high, max(low, 4))  # n below `low` is skipped per example
