@@ -171,8 +171,10 @@ def _all_finite(x: torch.Tensor) -> bool:
 
 def check_finite(fn: str, name: str, x: torch.Tensor) -> None:
     """`x` holds no NaN or infinity (used for parameters, whose non-finite values poison every
-    output). Off the CPU, an unchanged tensor already found finite is not read again."""
-    if _known_finite(x):
+    output). Off the CPU, an unchanged tensor already found finite is not read again. While
+    `torch.compile` or `torch.export` traces, values are symbolic and the check cannot run; the
+    traced program is the one eager mode checks."""
+    if torch.compiler.is_compiling() or _known_finite(x):
         return
     if not _all_finite(x):
         bad = (~torch.isfinite(x)).nonzero()[0].tolist()

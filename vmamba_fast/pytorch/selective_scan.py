@@ -40,65 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from vmamba_ref.contract import (
-    check_same_device,
-    check_same_dtype,
     check_selective_scan_args,
-    check_shape,
-    check_tensor,
     compute_dtype,
 )
-
-
-def is_tracing() -> bool:
-    """True inside `torch.compile` and `torch.export` tracing, where tensor values are unknown."""
-    return torch.compiler.is_compiling()
-
-
-def check_args(
-    fn: str,
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    initial_state: torch.Tensor | None = None,
-) -> tuple[int, int, int, int, int]:
-    """The reference's argument checks; return `(b, k, d, l, n)`.
-
-    In eager mode this is `vmamba_ref.contract.check_selective_scan_args`, so bad input fails
-    exactly as in the reference. While tracing (`torch.compile`, `torch.export`) tensor values
-    are symbolic, so the check that A, D and delta_bias are finite cannot run; types, shapes,
-    dtypes and devices are still checked, and the traced program is the one eager mode checks.
-    """
-    if not is_tracing():
-        return check_selective_scan_args(fn, u, delta, A, B, C, D, delta_bias, initial_state)
-    tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "delta_bias": delta_bias,
-               "initial_state": initial_state}
-    tensors = {name: t for name, t in tensors.items() if t is not None}
-    for name, t in tensors.items():
-        check_tensor(fn, name, t)
-    check_shape(fn, "u", u, (None, None, None), "b k*d l")
-    b, kd, l = u.shape
-    check_shape(fn, "B", B, (b, None, None, l), "b k n l")
-    _, k, n, _ = B.shape
-    if k < 1 or n < 1 or kd % k != 0:
-        raise ValueError(
-            f"{fn}: need k >= 1 dividing k*d and n >= 1; got k={k}, n={n}, k*d={kd} "
-            "(dims 1, 2 of `B` and dim 1 of `u`)"
-        )
-    check_shape(fn, "delta", delta, (b, kd, l), "b k*d l")
-    check_shape(fn, "A", A, (kd, n), "k*d n")
-    check_shape(fn, "C", C, (b, k, n, l), "b k n l")
-    for name in ("D", "delta_bias"):
-        if name in tensors:
-            check_shape(fn, name, tensors[name], (kd,), "k*d")
-    if initial_state is not None:
-        check_shape(fn, "initial_state", initial_state, (b, kd, n), "b k*d n")
-    check_same_dtype(fn, ("u", "delta", "B", "C"), (u, delta, B, C))
-    check_same_device(fn, list(tensors), list(tensors.values()))
-    return b, k, kd // k, l, n
 
 
 def linear_recurrence(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
@@ -153,7 +97,7 @@ def selective_scan(
     Returns:
         y (b, k*d, l) in float32 (float64 for float64 u); with `return_last_state`, (y, h_last).
     """
-    b, k, d, l, n = check_args("selective_scan", u, delta, A, B, C, D, delta_bias, initial_state)
+    b, k, d, l, n = check_selective_scan_args("selective_scan", u, delta, A, B, C, D, delta_bias, initial_state)
     dtype = compute_dtype(u.dtype)
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
     D = None if D is None else D.to(dtype)
