@@ -30,7 +30,14 @@ from numba import njit, prange
 from vmamba_fast import ops
 from vmamba_fast.numba.config import PARALLEL_JIT, threads_for
 from vmamba_fast.numba.memory import as_kernel_array, check_cpu, reaches_cpu_kernel
-from vmamba_ref.contract import ROUTES, check_grid, check_shape, check_tensor, route_positions
+from vmamba_ref.contract import (
+    ROUTES,
+    check_grid,
+    check_shape,
+    check_tensor,
+    compute_dtype,
+    route_positions,
+)
 
 _SAME_WIDTH_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -116,7 +123,7 @@ def cross_merge_cpu(ys: torch.Tensor) -> torch.Tensor:
     dtype. Validates its argument: the one check of every call."""
     _check_merge(ys)
     b, _, d, h, w = ys.shape
-    dtype = torch.float64 if ys.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(ys.dtype)  # summing four routes: float32 at least
     y = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
     with threads_for(ys.numel()):
         _cross_merge_kernel(

@@ -40,6 +40,8 @@ from typing import Any, Literal, get_args
 import torch
 import torch.nn.functional as F
 
+from vmamba_ref.contract import compute_dtype
+
 Init = Literal["mamba", "random", "zero", "tiny_step", "huge_step"]
 INITS: tuple[str, ...] = get_args(Init)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -87,8 +89,8 @@ def describe_inputs(inputs: dict[str, Any]) -> str:
 
 
 def parameter_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of A, D, delta_bias and initial_state for data of `dtype`."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    """dtype of A, D, delta_bias and initial_state for data of `dtype`: the compute dtype."""
+    return compute_dtype(dtype)
 
 
 PARAMETER_NAMES = ("A", "D", "delta_bias", "initial_state")  # held in parameter_dtype
