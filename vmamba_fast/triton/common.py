@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-from vmamba_ref.contract import SOFTPLUS_THRESHOLD, BackendUnavailableError
+from vmamba_ref.contract import SOFTPLUS_THRESHOLD, BackendUnavailableError, compute_dtype
 
 # The contract's softplus threshold, as a constant the kernels can read (a global of a
 # @triton.jit function must be a tl.constexpr).
@@ -49,7 +49,7 @@ _SOFTPLUS_THRESHOLD: tl.constexpr = tl.constexpr(SOFTPLUS_THRESHOLD)
 def acc_dtype(dtype: torch.dtype) -> tl.dtype:
     """The dtype kernels compute in for inputs of `dtype`: float64 stays, all else float32 (the
     contract's `compute_dtype`, as a Triton dtype)."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    return tl.float64 if compute_dtype(dtype) == torch.float64 else tl.float32
 
 
 def is_interpreted() -> bool:
