@@ -9,16 +9,29 @@ weights (out, in, 1, 1) are accepted for the linear layers.
 
 This package's own checkpoints (`save_checkpoint`) hold `model` (the state_dict) and `config`
 (the VMambaConfig as plain nested dicts), beside whatever the caller adds (optimizer state,
-epoch, ...). Everything in them loads with `torch.load(..., weights_only=True)`, and
-`load_model(path)` rebuilds the model from the file alone.
+epoch, ...), and `checksums`: the sha256 of every tensor in the file (its dtype, shape and
+bytes), keyed by where the tensor sits (`model['classifier.head.weight']`). Reading verifies
+them, so a flipped bit in tensor data is an error naming the file and the tensor. Everything in
+them loads with `torch.load(..., weights_only=True)`, and `load_model(path)` rebuilds the model
+from the file alone. Saves are atomic: a unique temporary file in the target folder, fsynced,
+renamed over the target, and the folder fsynced; a failed save leaves nothing behind.
+
+Reading tells three failures apart: a damaged or non-checkpoint file (CheckpointCorruptError,
+with the underlying reason), a file that pickles objects beyond plain data (the `trust_pickle`
+question), and a file that does not fit the model (CheckpointMismatchError). Loading is all or
+nothing: every check runs before the first tensor is copied.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import pickle
 import re
-from collections.abc import Mapping
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -49,26 +62,130 @@ class CheckpointMismatchError(ValueError):
         self.report = report
 
 
+class CheckpointCorruptError(ValueError):
+    """A checkpoint file is damaged (empty, truncated, not a torch file, a failed zip CRC or a
+    tensor whose sha256 differs from the one saved with it); the message names the file, the
+    tensor or archive member where known, and the underlying reason."""
+
+
 @dataclass
 class LoadReport:
     """What a load found: keys the model has but the checkpoint lacks, keys only the checkpoint
-    has, and keys whose shapes differ as (key, expected, found)."""
+    has, keys whose shapes differ as (key, expected, found), and keys whose values cannot be
+    copied into the model's tensor (a non-tensor, or a float/complex/integer kind that differs)
+    as (key, expected dtype, found)."""
 
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    mismatched_dtype: list[tuple[str, str, str]] = field(default_factory=list)
     entry: str = "state_dict"
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
+        return not (self.missing or self.unexpected or self.mismatched or self.mismatched_dtype)
 
     def __str__(self) -> str:
         lines = [f"from entry {self.entry!r}: " + ("all keys match" if self.ok else "mismatches")]
         lines += [f"  missing in checkpoint: {k}" for k in self.missing]
         lines += [f"  unexpected in checkpoint: {k}" for k in self.unexpected]
         lines += [f"  shape of {k}: model expects {e}, checkpoint has {f}" for k, e, f in self.mismatched]
+        lines += [f"  dtype of {k}: model expects {e}, checkpoint has {f}" for k, e, f in self.mismatched_dtype]
         return "\n".join(lines)
+
+
+CHECKSUMS = "checksums"  # the entry of save_checkpoint's files holding each tensor's sha256
+
+
+def _tensors(value: object, where: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor inside nested dicts/lists/tuples, with where it sits (`model['w']`)."""
+    if isinstance(value, torch.Tensor):
+        yield where, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _tensors(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _tensors(v, f"{where}[{i}]")
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes (row-major, as stored)."""
+    digest = hashlib.sha256(f"{tensor.dtype} {tuple(tensor.shape)} ".encode())
+    flat = tensor.detach().cpu().contiguous().reshape(-1)  # (numel,)
+    digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _checksums(checkpoint: Mapping) -> dict[str, str]:
+    return {where: tensor_sha256(t) for key, v in checkpoint.items() if key != CHECKSUMS for where, t in _tensors(v, key)}
+
+
+def _verify_checksums(checkpoint: Mapping, path: Path, who: str) -> None:
+    """Compare every tensor of a save_checkpoint file with the sha256 saved beside it."""
+    saved = checkpoint[CHECKSUMS]
+    if not isinstance(saved, Mapping):
+        raise CheckpointCorruptError(f"{who}: {path} is damaged: its `{CHECKSUMS}` entry is a {type(saved).__name__}, not a dict")
+    found = {where: t for key, v in checkpoint.items() if key != CHECKSUMS for where, t in _tensors(v, key)}
+    for where in sorted(set(saved) - set(found)):
+        raise CheckpointCorruptError(f"{who}: {path} is damaged: tensor {where} has a saved sha256 but is not in the file")
+    for where, tensor in found.items():
+        if where not in saved:
+            raise CheckpointCorruptError(f"{who}: {path} is damaged: tensor {where} has no saved sha256")
+        if tensor_sha256(tensor) != saved[where]:
+            raise CheckpointCorruptError(
+                f"{who}: {path} is damaged: tensor {where} does not match the sha256 saved with it "
+                "(its bytes changed after saving)"
+            )
+
+
+def _zip_damage(path: Path) -> str | None:
+    """Why `path` fails as a zip archive (a member whose CRC differs, a broken directory), or
+    None when it is a sound one."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None if bad is None else f"archive member {bad} fails its CRC check"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else '(no message)'}"
+
+
+def _load_file(path: Path, weights_only: bool, who: str, pickle_advice: str) -> object:
+    """`torch.load` of `path` on the CPU, telling a damaged file from a pickle question.
+
+    A file that loads is checked further: against its saved sha256 checksums when it has them
+    (save_checkpoint's files), else against its zip CRCs (torch does not check them itself)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{who}: no checkpoint file at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointCorruptError(f"{who}: {path} is empty (0 bytes); it is not a checkpoint")
+    is_zip = zipfile.is_zipfile(path)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as error:
+        damage = _zip_damage(path) if is_zip else "not a zip archive"
+        if weights_only and damage is None and "Weights only load failed" in str(error):
+            raise ValueError(f"{who}: {path} {pickle_advice}") from error
+        raise CheckpointCorruptError(
+            f"{who}: {path} is damaged or not a torch checkpoint ({damage}): {_first_line(error)}"
+        ) from error
+    except Exception as error:  # torch raises RuntimeError, EOFError, IndexError, ... on damaged files
+        damage = (_zip_damage(path) if is_zip else None) or "not a zip archive"
+        raise CheckpointCorruptError(
+            f"{who}: {path} is damaged or not a torch checkpoint ({damage}): {_first_line(error)}"
+        ) from error
+    if isinstance(loaded, Mapping) and CHECKSUMS in loaded:
+        _verify_checksums(loaded, path, who)
+    elif is_zip:
+        damage = _zip_damage(path)
+        if damage is not None:
+            raise CheckpointCorruptError(f"{who}: {path} is damaged: {damage}")
+    return loaded
 
 
 def read_checkpoint(source: str | Path | Mapping, entry: Entry = "auto", trust_pickle: bool = False) -> tuple[dict, str]:
@@ -78,18 +195,11 @@ def read_checkpoint(source: str | Path | Mapping, entry: Entry = "auto", trust_p
     yacs config; reading them needs `trust_pickle=True` (only for files you trust) and yacs.
     """
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"read_checkpoint: no checkpoint file at {path}")
-        try:
-            source = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-        except Exception as error:  # torch raises UnpicklingError subclasses that vary by version
-            if trust_pickle:
-                raise
-            raise ValueError(
-                f"read_checkpoint: {path} holds pickled objects beyond tensors (official training "
-                "checkpoints pickle their config); pass trust_pickle=True for a file you trust"
-            ) from error
+        source = _load_file(
+            Path(source), not trust_pickle, "read_checkpoint",
+            "holds pickled objects beyond tensors (official training checkpoints pickle their "
+            "config); pass trust_pickle=True for a file you trust",
+        )
     if not isinstance(source, Mapping):
         raise TypeError(f"read_checkpoint: expected a path or a dict, got {type(source).__name__}")
     if entry == "auto":
@@ -111,19 +221,48 @@ def _rename_legacy(key: str) -> str:
     return key
 
 
-def compare_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], entry: str = "state_dict") -> LoadReport:
-    """Report how `state` differs from `model.state_dict()` by key and shape."""
+def _kind(dtype: torch.dtype) -> str:
+    return "complex" if dtype.is_complex else "floating" if dtype.is_floating_point else "integer"
+
+
+def _linear_weights(model: nn.Module) -> set[str]:
+    """Keys of the linear layers' (out, in) weights: those that may come as (out, in, 1, 1)."""
+    return {f"{name}.weight" if name else "weight" for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def convert_state_dict(model: nn.Module, state: Mapping[str, object], entry: str = "state_dict") -> tuple[dict, LoadReport]:
+    """`state` as the model will load it, and how it differs from `model.state_dict()`.
+
+    A linear layer's weight given as a 1x1 convolution's (out, in, 1, 1) becomes (out, in); any
+    other key must have the model's exact shape and a dtype of the same kind (floating, complex
+    or integer; the precision may differ). The converted dict holds only the keys that fit."""
     expected = model.state_dict()
+    linear = _linear_weights(model)
     report = LoadReport(entry=entry)
     report.missing = [k for k in expected if k not in state]
     report.unexpected = [k for k in state if k not in expected]
+    converted = {}
     for k, t in state.items():
-        if k in expected:
-            found, want = tuple(t.shape), tuple(expected[k].shape)
-            conv_1x1 = len(found) == 4 and found[2:] == (1, 1) and found[:2] == want
-            if found != want and not conv_1x1:
-                report.mismatched.append((k, want, found))
-    return report
+        if k not in expected:
+            continue
+        want = expected[k]
+        if not isinstance(t, torch.Tensor):
+            report.mismatched_dtype.append((k, str(want.dtype), type(t).__name__))
+            continue
+        if k in linear and t.dim() == 4 and t.shape[2:] == (1, 1) and t.shape[:2] == want.shape:
+            t = t[:, :, 0, 0]  # (out, in, 1, 1) -> (out, in)
+        if t.shape != want.shape:
+            report.mismatched.append((k, tuple(want.shape), tuple(t.shape)))
+        elif _kind(t.dtype) != _kind(want.dtype):
+            report.mismatched_dtype.append((k, str(want.dtype), str(t.dtype)))
+        else:
+            converted[k] = t
+    return converted, report
+
+
+def compare_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], entry: str = "state_dict") -> LoadReport:
+    """Report how `state` differs from `model.state_dict()` by key, shape and dtype kind."""
+    return convert_state_dict(model, state, entry)[1]
 
 
 def load_checkpoint(
@@ -135,19 +274,20 @@ def load_checkpoint(
 ) -> LoadReport:
     """Load an official (or own) checkpoint into `model` and return the report.
 
-    With `strict`, any missing, unexpected or mis-shaped key raises CheckpointMismatchError
-    naming them all, and nothing is loaded. Without it, the matching keys are loaded.
+    All or nothing: the whole state is read, converted and checked (`convert_state_dict`)
+    before the first tensor is copied. With `strict`, any missing, unexpected, mis-shaped or
+    mis-typed key raises CheckpointMismatchError naming them all, and the model is untouched.
+    Without it, exactly the keys that fit are loaded.
     """
     state, entry_used = read_checkpoint(source, entry, trust_pickle)
-    report = compare_state_dict(model, state, entry_used)
+    converted, report = convert_state_dict(model, state, entry_used)
     if strict and not report.ok:
         raise CheckpointMismatchError(report)
-    bad = set(report.unexpected) | {k for k, _, _ in report.mismatched}
-    model.load_state_dict({k: v for k, v in state.items() if k not in bad}, strict=strict)
+    model.load_state_dict(converted, strict=strict)
     return report
 
 
-RESERVED_KEYS = ("model", "config")  # what save_checkpoint writes itself
+RESERVED_KEYS = ("model", "config", CHECKSUMS)  # what save_checkpoint writes itself
 
 
 def config_to_dict(config: VMambaConfig) -> dict:
@@ -203,9 +343,12 @@ def save_checkpoint(model: nn.Module, path: str | Path, **extra: object) -> Path
     """Write `model`'s weights and config, and `extra` entries, to `path`; return the path.
 
     The file holds `model` (the state_dict), `config` (`config_to_dict(model.config)`) and each
-    keyword of `extra` (optimizer state, epoch, ...; dataclasses become dicts). It is written to
-    a temporary file first and renamed, so an interrupted save leaves the previous file intact.
-    `load_model(path)` rebuilds the model; `load_checkpoint` loads the weights into one.
+    keyword of `extra` (optimizer state, epoch, ...; dataclasses become dicts), and the sha256
+    of every tensor (`checksums`). It is written to a unique temporary file in the same folder,
+    fsynced, renamed over `path` and the folder fsynced: an interrupted or failed save leaves the
+    previous file intact and no temporary file behind, and saves racing to one path each leave a
+    whole file (the last rename wins). `load_model(path)` rebuilds the model; `load_checkpoint`
+    loads the weights into one.
     """
     config = getattr(model, "config", None)
     if not isinstance(config, VMambaConfig):
@@ -221,27 +364,58 @@ def save_checkpoint(model: nn.Module, path: str | Path, **extra: object) -> Path
         "config": config_to_dict(config),
         **{k: _plain(v, f"extra entry {k!r}") for k, v in extra.items()},
     }
+    checkpoint[CHECKSUMS] = _checksums(checkpoint)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(checkpoint, partial)
-    os.replace(partial, path)
+    descriptor, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        os.chmod(partial, _new_file_mode(path))  # mkstemp creates 0600; a save gets the usual mode
+        with os.fdopen(descriptor, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
     return path
 
 
-def read_saved(path: str | Path) -> dict:
-    """The whole checkpoint written by `save_checkpoint` (weights_only load, CPU tensors)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"read_saved: no checkpoint file at {path}")
+def _new_file_mode(path: Path) -> int:
+    """The mode a plain `open(path, "w")` would give: the old file's, else 0666 less the umask."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = 0o022
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("Umask:"):
+                umask = int(line.split()[1], 8)
+    return 0o666 & ~umask
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX; Windows cannot open a folder, nor needs to)."""
+    if os.name != "posix":
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError subclasses that vary by version
-        raise ValueError(
-            f"read_saved: {path} holds pickled objects beyond plain data, so it was not written by "
-            "save_checkpoint (official training checkpoints pickle a yacs config): build the model "
-            "with its named constructor and use load_checkpoint(model, path, trust_pickle=True)"
-        ) from error
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def read_saved(path: str | Path) -> dict:
+    """The whole checkpoint written by `save_checkpoint` (weights_only load, CPU tensors), its
+    tensors verified against their saved sha256 checksums."""
+    path = Path(path)
+    checkpoint = _load_file(
+        path, True, "read_saved",
+        "holds pickled objects beyond plain data, so it was not written by save_checkpoint "
+        "(official training checkpoints pickle a yacs config): build the model with its named "
+        "constructor and use load_checkpoint(model, path, trust_pickle=True)",
+    )
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("config"), Mapping):
         found = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
         raise ValueError(

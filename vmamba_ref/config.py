@@ -34,6 +34,18 @@ def _check_choice(owner: str, name: str, value: object, options: tuple) -> None:
         raise ValueError(f"{owner}.{name} must be one of {list(options)}, got {value!r}")
 
 
+def _check_real(owner: str, name: str, value: object, low: float, high: float = math.inf,
+                low_open: bool = False, high_open: bool = True) -> None:
+    """`value` must be a finite real number in the interval from `low` to `high` (open ends as
+    flagged); the error names `owner.name` and the interval."""
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{owner}.{name} must be a finite number in {interval}, got {value!r}")
+    inside = (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    if not math.isfinite(value) or not inside:
+        raise ValueError(f"{owner}.{name} must be a finite number in {interval}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class SS2DConfig:
     """The SS2D token mixer (paper section 3.3)."""
@@ -54,8 +66,10 @@ class SS2DConfig:
     def __post_init__(self) -> None:
         if self.d_state < 1:
             raise ValueError(f"SS2DConfig.d_state must be >= 1, got {self.d_state}")
-        if self.ssm_ratio <= 0:
-            raise ValueError(f"SS2DConfig.ssm_ratio must be > 0, got {self.ssm_ratio}")
+        _check_real("SS2DConfig", "ssm_ratio", self.ssm_ratio, 0.0, low_open=True)
+        for name in ("dt_min", "dt_max", "dt_init_floor"):
+            _check_real("SS2DConfig", name, getattr(self, name), 0.0, low_open=True)
+        _check_real("SS2DConfig", "dt_scale", self.dt_scale, 0.0)
         if self.dt_rank is not None and self.dt_rank < 1:
             raise ValueError(f"SS2DConfig.dt_rank must be >= 1 or None, got {self.dt_rank}")
         if self.d_conv < 1 or self.d_conv % 2 == 0:
@@ -101,11 +115,9 @@ class VMambaConfig:
             raise ValueError(f"VMambaConfig: bad depths {self.depths} or dims {self.dims}")
         if self.stem == "conv2" and self.dims[0] % 2:
             raise ValueError(f"VMambaConfig: the conv2 stem needs an even dims[0], got {self.dims[0]}")
-        if self.mlp_ratio < 0 or not 0 <= self.drop_path_rate < 1:
-            raise ValueError(
-                f"VMambaConfig: need mlp_ratio >= 0 and 0 <= drop_path_rate < 1, got "
-                f"{self.mlp_ratio}, {self.drop_path_rate}"
-            )
+        _check_real("VMambaConfig", "mlp_ratio", self.mlp_ratio, 0.0)
+        _check_real("VMambaConfig", "drop_path_rate", self.drop_path_rate, 0.0, 1.0)
+        _check_real("VMambaConfig", "norm_eps", self.norm_eps, 0.0, low_open=True)
         if self.num_classes < 0 or self.in_chans < 1:
             raise ValueError(
                 f"VMambaConfig: need num_classes >= 0 and in_chans >= 1, got "
