@@ -41,12 +41,14 @@ def selective_scan(
     delta_softplus: bool = True,
     initial_state: torch.Tensor | None = None,
     return_last_state: bool = False,
+    z: torch.Tensor | None = None,
     *,
     backend: str,
 ):
-    """`vmamba_ref.selective_scan` on a fast backend; same arguments, layouts and dtype rule."""
+    """`vmamba_ref.selective_scan` on a fast backend; same arguments (mamba_ssm's layouts of B and
+    C and the gate z included), layouts and dtype rule."""
     return get_ops(backend).selective_scan(
-        u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state, return_last_state
+        u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state, return_last_state, z
     )
 
 

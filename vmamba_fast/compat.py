@@ -27,8 +27,9 @@ group c // (d/g)).
 
 Layouts. VMamba's: u, delta (b, d, l); A (d, n); B, C (b, g, n, l); D, delta_bias (d,): ours
 exactly. mamba_ssm's: u, delta, z (b, d, l); A (d, n), real; D, delta_bias (d,); B and C each
-either constant (d, n), variable (b, n, l), or grouped variable (b, g, n, l). We map them onto
-our grouped layout: variable (b, n, l) is g = 1, (b, 1, n, l); grouped is as is; constant
+either constant (d, n), variable (b, n, l), or grouped variable (b, g, n, l). The contract's
+`to_grouped_projections` maps them onto our grouped layout (the one mapping, which every
+backend's public `selective_scan` uses too; `from_grouped_projection` maps gradients back): variable (b, n, l) is g = 1, (b, 1, n, l); grouped is as is; constant
 (d, n) is one group per channel, (b, d, n, l), expanded over b and l (its gradient is the sum
 over b and l). When one of B, C is constant and the other variable, the variable one is
 repeated to one group per channel too (its gradient summed back over each group's channels).
@@ -77,13 +78,17 @@ import torch.nn.functional as F
 
 from vmamba_fast import ops
 from vmamba_ref.contract import (
+    PROJECTION_LAYOUTS,
     check_backend_name,
     check_same_device,
     check_selective_scan_args,
     check_shape,
     check_tensor,
     compute_dtype,
+    from_grouped_projection,
+    gate,
     get_ops,
+    to_grouped_projections,
 )
 
 logger = logging.getLogger(__name__)
@@ -177,14 +182,6 @@ def _chunk_states(delta, A, delta_bias, delta_softplus, last_state) -> torch.Ten
     return x.flatten(-2)[:, :, None]  # (b, d, n, 2) -> (b, d, 1, 2n)
 
 
-def _check_real(fn: str, name: str, t: torch.Tensor | None) -> None:
-    if isinstance(t, torch.Tensor) and t.is_complex():
-        raise TypeError(
-            f"{fn}: `{name}` is complex ({t.dtype}); only real {name} is supported (the complex "
-            "variant of mamba_ssm's kernel is not implemented here)"
-        )
-
-
 # ------------------------------------------------------------------------------------------------
 # Official VMamba: selective_scan_cuda_oflex, selective_scan_cuda_core
 # ------------------------------------------------------------------------------------------------
@@ -196,8 +193,6 @@ def _vmamba_checks(fn, backend, u, delta, A, B, C, D, delta_bias, **more) -> str
     check_tensor(fn, "u", u)
     tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "delta_bias": delta_bias}
     name = _serving_backend(fn, backend, {**tensors, **more})
-    for arg in ("A", "D", "delta_bias"):
-        _check_real(fn, arg, tensors[arg])
     check_selective_scan_args(fn, u, delta, A, B, C, D, delta_bias)
     return name
 
@@ -221,119 +216,34 @@ def _vmamba_bwd(fn, backend, u, delta, A, B, C, D, delta_bias, dout, delta_softp
 # ------------------------------------------------------------------------------------------------
 
 
-def _bc_layout(fn: str, name: str, t: torch.Tensor, b: int, d: int, n: int, l: int) -> str:
-    """"constant" (d, n), "variable" (b, n, l) or "grouped" (b, g, n, l), checked."""
-    check_tensor(fn, name, t)
-    if t.dim() == 2:
-        check_shape(fn, name, t, (d, n), "d n")
-        return "constant"
-    if t.dim() == 3:
-        check_shape(fn, name, t, (b, n, l), "b n l")
-        return "variable"
-    if t.dim() == 4:
-        check_shape(fn, name, t, (b, None, n, l), "b g n l")
-        g = t.shape[1]
-        if g < 1 or d % g != 0:
-            raise ValueError(
-                f"{fn}: the group count g={g} (dim 1 of `{name}`) must divide the channel count "
-                f"d={d} (dim 1 of `u`)"
-            )
-        return "grouped"
-    raise ValueError(
-        f"{fn}: `{name}` must have shape (d={d}, n={n}) (constant), (b={b}, n={n}, l={l}) "
-        f"(variable) or (b={b}, g, n={n}, l={l}) (grouped), got {tuple(t.shape)}"
-    )
-
-
-def _groups(t: torch.Tensor, layout: str) -> int:
-    """How many groups a B or C of `layout` has: d when constant."""
-    if layout == "constant":
-        return t.shape[0]
-    return t.shape[1] if layout == "grouped" else 1
-
-
-def _to_groups(t: torch.Tensor, layout: str, g: int, b: int, l: int, dtype: torch.dtype) -> torch.Tensor:
-    """B or C in our grouped layout (b, g, n, l), g groups."""
-    t = t.to(dtype)
-    if layout == "constant":  # (d, n) -> (b, d, n, l), g = d
-        return t[None, :, :, None].expand(b, -1, -1, l)
-    grouped = t if t.dim() == 4 else t[:, None]  # (b, g_t, n, l)
-    g_t = grouped.shape[1]
-    if g_t == g:
-        return grouped
-    return grouped.repeat_interleave(g // g_t, dim=1)  # (b, g_t, n, l) -> (b, g, n, l)
-
-
-def _from_groups(grad: torch.Tensor, t: torch.Tensor, layout: str) -> torch.Tensor:
-    """The gradient of B or C in its own layout and dtype, from the gradient (b, g, n, l) of
-    what `_to_groups` made of it."""
-    if layout == "constant":
-        return grad.sum((0, 3)).to(t.dtype)  # (b, d, n, l) -> (d, n)
-    b, g, n, l = grad.shape
-    g_t = t.shape[1] if t.dim() == 4 else 1
-    grad = grad.reshape(b, g_t, g // g_t, n, l).sum(2)  # (b, g, n, l) -> (b, g_t, n, l)
-    return (grad if t.dim() == 4 else grad[:, 0]).to(t.dtype)
-
-
 def _mamba_args(fn, backend, u, delta, A, B, C, D, z, delta_bias, **more):
-    """Check mamba_ssm's layouts (device first) and return the backend that serves them, our
-    arguments (u, delta, A, B, C, D, delta_bias) with B, C (b, g, n, l) and u, delta, B, C in one
-    dtype, and the layouts of B and C."""
+    """Check mamba_ssm's layouts (device first) and return the backend that serves them and our
+    arguments (u, delta, A, B, C, D, delta_bias), B and C mapped onto (b, g, n, l) by the
+    contract's `to_grouped_projections`, u, delta, B, C in one dtype."""
     check_tensor(fn, "u", u)
     tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
     name = _serving_backend(fn, backend, {**tensors, **more})
-    for arg in ("A", "B", "C", "D", "delta_bias"):
-        _check_real(fn, arg, tensors[arg])
-    check_shape(fn, "u", u, (None, None, None), "b d l")
-    b, d, l = u.shape
-    check_tensor(fn, "A", A)
-    check_shape(fn, "A", A, (d, None), "d n")
-    n = A.shape[1]
-    for arg in ("delta", "z"):
-        if arg == "delta" or z is not None:
-            check_tensor(fn, arg, tensors[arg])
-            check_shape(fn, arg, tensors[arg], (b, d, l), "b d l")
-    for arg in ("D", "delta_bias"):
-        if tensors[arg] is not None:
-            check_tensor(fn, arg, tensors[arg])
-            check_shape(fn, arg, tensors[arg], (d,), "d")
-    layout_B, layout_C = _bc_layout(fn, "B", B, b, d, n, l), _bc_layout(fn, "C", C, b, d, n, l)
-    g_B, g_C = _groups(B, layout_B), _groups(C, layout_C)
-    if "constant" not in (layout_B, layout_C) and g_B != g_C:
-        raise ValueError(
-            f"{fn}: `B` has {g_B} group(s) and `C` {g_C}; variable B and C need one group count"
-        )
-    g = max(g_B, g_C)  # d when either is constant
-    variable = [t for t, layout in ((B, layout_B), (C, layout_C)) if layout != "constant"]
-    # One dtype for the scan's u, delta, B, C: u's, or the computation dtype when they differ
-    # (a float32 constant B beside float16 u, as mamba_ssm's kernel takes them).
-    mixed = {delta.dtype, *(t.dtype for t in variable)} != {u.dtype}
-    dtype = compute_dtype(u.dtype) if mixed else u.dtype
-    B_g = _to_groups(B, layout_B, g, b, l, dtype)  # (b, g, n, l)
-    C_g = _to_groups(C, layout_C, g, b, l, dtype)  # (b, g, n, l)
-    args = (u.to(dtype), delta.to(dtype), A, B_g, C_g, D, delta_bias)
-    return name, args, (layout_B, layout_C)
-
-
-def _gate(out: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """out_z = out * silu(z), in the computation dtype."""
-    return out * F.silu(z.to(out.dtype))
+    _, g, _, _, _ = check_selective_scan_args(
+        fn, u, delta, A, B, C, D, delta_bias, z=z, layouts=PROJECTION_LAYOUTS
+    )
+    u_g, delta_g, B_g, C_g = to_grouped_projections(u, delta, B, C, g)  # B, C (b, g, n, l)
+    return name, (u_g, delta_g, A, B_g, C_g, D, delta_bias)
 
 
 def _mamba_fwd(fn, backend, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    name, args, _ = _mamba_args(fn, backend, u, delta, A, B, C, D, z, delta_bias)
+    name, args = _mamba_args(fn, backend, u, delta, A, B, C, D, z, delta_bias)
     y, last_state = _scan_fwd(name, *args, delta_softplus)  # (b, d, l), (b, d, n)
     x = _chunk_states(delta, A, delta_bias, delta_softplus, last_state)  # (b, d, 1, 2n)
     result = [y.to(u.dtype), x]
     if z is not None:
-        result.append(_gate(y, z).to(z.dtype))  # (b, d, l)
+        result.append(gate(y, z).to(z.dtype))  # (b, d, l)
     return result
 
 
 def _mamba_bwd(
     fn, backend, u, delta, A, B, C, D, z, delta_bias, dout, out, dz, delta_softplus, recompute_out_z
 ):
-    name, args, layouts = _mamba_args(
+    name, args = _mamba_args(
         fn, backend, u, delta, A, B, C, D, z, delta_bias, dout=dout, out=out, dz=dz
     )
     b, d, l = u.shape
@@ -358,14 +268,14 @@ def _mamba_bwd(
             check_shape(fn, "dz", dz, (b, d, l), "b d l")
             dz_out = dz.copy_(dz_c)
         if recompute_out_z:
-            out_z = _gate(out_c, z_c).to(z.dtype)
+            out_z = gate(out_c, z_c).to(z.dtype)
     du, ddelta, dA, dB, dC, dD, ddelta_bias = _scan_bwd(name, dout, *args, delta_softplus)
     result = [
         du.to(u.dtype),
         ddelta.to(delta.dtype),
         dA,
-        _from_groups(dB, B, layouts[0]),
-        _from_groups(dC, C, layouts[1]),
+        from_grouped_projection(dB, B),
+        from_grouped_projection(dC, C),
         dD,
         ddelta_bias,
     ]

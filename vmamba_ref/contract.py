@@ -6,6 +6,8 @@ every fast backend (`vmamba_fast`) read these facts from here and nowhere else:
 | fact                        | names                                                           |
 |-----------------------------|-----------------------------------------------------------------|
 | argument checks             | `check_selective_scan_args`, `check_ss2d_core_args`, `check_grid`, ... |
+| the layouts of B and C, the gate | `PROJECTION_LAYOUTS`, `to_grouped_projections`, `gate`, `scan_any_layout` |
+| the empty scan              | `empty_scan`                                                    |
 | the compute-dtype rule      | `compute_dtype`                                                 |
 | the route table             | `ROUTES`, `route_positions`                                     |
 | the softplus threshold      | `SOFTPLUS_THRESHOLD`                                            |
@@ -34,6 +36,7 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -184,6 +187,57 @@ def check_finite(fn: str, name: str, x: torch.Tensor) -> None:
     _remember_finite(x)
 
 
+PROJECTION_LAYOUTS: tuple[str, ...] = ("constant", "variable", "grouped")
+"""The layouts of B and C, mamba_ssm's `selective_scan_fn`'s: constant (k*d, n), one per channel
+for every step; variable (b, n, l), one per step shared by all channels; grouped (b, k, n, l), one
+per step and group, channel c reading group c // d. VMamba's is grouped with k = 4 routes, and
+it is the only layout the kernels take: `to_grouped_projections` maps the others onto it."""
+
+
+def check_real(fn: str, name: str, x: object) -> None:
+    """`x` is not a complex tensor: mamba_ssm's complex-A variant is not implemented here."""
+    if isinstance(x, torch.Tensor) and x.is_complex():
+        raise TypeError(
+            f"{fn}: `{name}` is complex ({x.dtype}); only real {name} is supported (the complex "
+            "variant of mamba_ssm's selective scan is not implemented)"
+        )
+
+
+def _check_projection(
+    fn: str, name: str, X: torch.Tensor, layouts: Sequence[str], b: int, kd: int, l: int,
+    n: int | None, k: int | None,
+) -> tuple[str, int, int]:  # fmt: skip
+    """Check B or C against `layouts` and return (its layout, its group count, n). `n` and `k`
+    are None for B (it defines them) and B's for C (a grouped C must match a grouped B)."""
+    layout = PROJECTION_LAYOUTS[X.dim() - 2] if 2 <= X.dim() <= 4 else None
+    if layout not in layouts:
+        if tuple(layouts) == ("grouped",):
+            check_shape(fn, name, X, (b, k, n, l), "b k n l")  # raises, naming VMamba's layout
+        want = {
+            "constant": f"(k*d={kd}, n{'' if n is None else f'={n}'}) (constant)",
+            "variable": f"(b={b}, n{'' if n is None else f'={n}'}, l={l}) (variable)",
+            "grouped": f"(b={b}, k, n{'' if n is None else f'={n}'}, l={l}) (grouped)",
+        }
+        raise ValueError(
+            f"{fn}: `{name}` must have shape {' or '.join(want[s] for s in layouts)}, "
+            f"got {tuple(X.shape)}"
+        )
+    if layout == "constant":
+        check_shape(fn, name, X, (kd, n), "k*d n")
+        return layout, kd, X.shape[1]
+    if layout == "variable":
+        check_shape(fn, name, X, (b, n, l), "b n l")
+        return layout, 1, X.shape[1]
+    check_shape(fn, name, X, (b, k, n, l), "b k n l")
+    g = X.shape[1]
+    if g < 1 or kd % g != 0:
+        raise ValueError(
+            f"{fn}: the group count g={g} (dim 1 of `{name}`, VMamba's route count k={g}) must "
+            f"divide the channel count k*d={kd} (dim 1 of `u`)"
+        )
+    return layout, g, X.shape[2]
+
+
 def check_selective_scan_args(
     fn: str,
     u: torch.Tensor,
@@ -194,34 +248,55 @@ def check_selective_scan_args(
     D: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
     initial_state: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    *,
+    layouts: Sequence[str] = ("grouped",),
 ) -> tuple[int, int, int, int, int]:
-    """Validate the selective scan's arguments (VMamba layout) and return `(b, k, d, l, n)`.
+    """Validate the selective scan's arguments and return `(b, k, d, l, n)`: k groups of d
+    channels each in the grouped layout that `to_grouped_projections` makes of B and C.
 
-    u, delta (b, k*d, l); A (k*d, n); B, C (b, k, n, l); D, delta_bias (k*d,);
-    initial_state (b, k*d, n). Parameters A, D and delta_bias must be finite.
+    u, delta, z (b, k*d, l); A (k*d, n), real; D, delta_bias (k*d,); initial_state (b, k*d, n).
+    B and C each in one of `layouts` (`PROJECTION_LAYOUTS`); the default is the kernels' one,
+    VMamba's grouped (b, k, n, l). Variable (b, n, l) is k = 1; when B or C is constant (k*d, n),
+    k = k*d and d = 1 (one group per channel); a variable B and C share one group count.
+    u, delta and a variable or grouped B or C share one dtype; a constant B or C, like A, is a
+    parameter of any float dtype. Parameters A, D and delta_bias must be finite.
     """
     for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
+        check_real(fn, name, t)
         check_tensor(fn, name, t)
     check_shape(fn, "u", u, (None, None, None), "b k*d l")
     b, kd, l = u.shape
-    check_shape(fn, "B", B, (b, None, None, l), "b k n l")
-    _, k, n, _ = B.shape
-    if k < 1 or kd % k != 0:
+    if B.dim() == 4:  # VMamba's order: B (b, k, n, l) gives n, A must match
+        layout_B, g_B, n = _check_projection(fn, "B", B, layouts, b, kd, l, None, None)
+        if n < 1:
+            raise ValueError(f"{fn}: the state size n (dim 2 of `B`) must be at least 1, got {n}")
+        check_shape(fn, "delta", delta, (b, kd, l), "b k*d l")
+        check_shape(fn, "A", A, (kd, n), "k*d n")
+    else:  # mamba_ssm's order: A (d, n) gives n, B must match
+        check_shape(fn, "delta", delta, (b, kd, l), "b k*d l")
+        check_shape(fn, "A", A, (kd, None), "k*d n")
+        n = A.shape[1]
+        if n < 1:
+            raise ValueError(f"{fn}: the state size n (dim 1 of `A`) must be at least 1, got {n}")
+        layout_B, g_B, _ = _check_projection(fn, "B", B, layouts, b, kd, l, n, None)
+    k_B = g_B if layout_B == "grouped" else None
+    layout_C, g_C, _ = _check_projection(fn, "C", C, layouts, b, kd, l, n, k_B)
+    if "constant" in (layout_B, layout_C):
+        k = kd  # one group per channel
+    elif g_B != g_C:
         raise ValueError(
-            f"{fn}: the route count k={k} (dim 1 of `B`) must divide the channel count "
-            f"k*d={kd} (dim 1 of `u`)"
+            f"{fn}: `B` has {g_B} group(s) and `C` {g_C}; a variable B and C need one group count"
         )
-    if n < 1:
-        raise ValueError(f"{fn}: the state size n (dim 2 of `B`) must be at least 1, got {n}")
-    d = kd // k
-    check_shape(fn, "delta", delta, (b, kd, l), "b k*d l")
-    check_shape(fn, "A", A, (kd, n), "k*d n")
-    check_shape(fn, "C", C, (b, k, n, l), "b k n l")
-    check_same_dtype(fn, ("u", "delta", "B", "C"), (u, delta, B, C))
+    else:
+        k = g_B
+    variable = [(name, t) for name, t, s in (("B", B, layout_B), ("C", C, layout_C)) if s != "constant"]
+    check_same_dtype(fn, ("u", "delta", *(s for s, _ in variable)), (u, delta, *(t for _, t in variable)))
     tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C}
     check_finite(fn, "A", A)
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None:
+            check_real(fn, name, t)
             check_tensor(fn, name, t)
             check_shape(fn, name, t, (kd,), "k*d")
             check_finite(fn, name, t)
@@ -230,8 +305,126 @@ def check_selective_scan_args(
         check_tensor(fn, "initial_state", initial_state)
         check_shape(fn, "initial_state", initial_state, (b, kd, n), "b k*d n")
         tensors["initial_state"] = initial_state
+    if z is not None:
+        check_real(fn, "z", z)
+        check_tensor(fn, "z", z)
+        check_shape(fn, "z", z, (b, kd, l), "b k*d l")
+        tensors["z"] = z
     check_same_device(fn, list(tensors), list(tensors.values()))
-    return b, k, d, l, n
+    return b, k, (kd // k if k else 0), l, n
+
+
+# ------------------------------------------------------------------------------------------------
+# mamba_ssm's selective scan on the kernels' layout: B and C mapped, the gate, the empty scan
+# ------------------------------------------------------------------------------------------------
+
+
+def _to_groups(X: torch.Tensor, k: int, b: int, l: int, dtype: torch.dtype) -> torch.Tensor:
+    """One B or C, checked, in the grouped layout (b, k, n, l)."""
+    X = X.to(dtype)
+    if X.dim() == 2:  # constant: (k*d, n) -> (b, k*d, n, l), k = k*d
+        return X[None, :, :, None].expand(b, -1, -1, l)
+    X = X if X.dim() == 4 else X[:, None]  # variable: (b, n, l) -> (b, 1, n, l)
+    if X.shape[1] == k:
+        return X  # (b, k, n, l)
+    return X.repeat_interleave(k // X.shape[1], dim=1)  # (b, g, n, l) -> (b, k, n, l)
+
+
+def to_grouped_projections(
+    u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor, C: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """B and C from any of `PROJECTION_LAYOUTS` in the kernels' grouped layout (b, k, n, l), with
+    k from `check_selective_scan_args`; the one mapping, used by every fast backend and by
+    `vmamba_fast.compat`.
+
+    grouped (b, g, n, l): as it is when g = k, else each group repeated to its g/k channels (the
+    other one is constant); variable (b, n, l): the one group (b, 1, n, l), repeated likewise;
+    constant (k*d, n): one group per channel, expanded over b and l. Differentiable: autograd
+    sums the gradient of an expanded or repeated B back, as `from_grouped_projection` does.
+    Returns u, delta, B, C in one dtype: u's, or the computation dtype when their dtypes differ
+    (a float32 constant B beside float16 u, as mamba_ssm's kernel takes them).
+    """
+    b, _, l = u.shape
+    mixed = {delta.dtype, B.dtype, C.dtype} != {u.dtype}
+    dtype = compute_dtype(u.dtype) if mixed else u.dtype
+    return u.to(dtype), delta.to(dtype), _to_groups(B, k, b, l, dtype), _to_groups(C, k, b, l, dtype)
+
+
+def from_grouped_projection(grad: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """The gradient of B or C in its own layout and dtype, from the gradient (b, k, n, l) of what
+    `to_grouped_projections` made of it: the adjoint of the mapping, for code without autograd."""
+    if X.dim() == 2:
+        return grad.sum((0, 3)).to(X.dtype)  # (b, k*d, n, l) -> (k*d, n)
+    b, k, n, l = grad.shape
+    g = X.shape[1] if X.dim() == 4 else 1
+    grad = grad.reshape(b, g, k // g, n, l).sum(2)  # (b, k, n, l) -> (b, g, n, l)
+    return (grad if X.dim() == 4 else grad[:, 0]).to(X.dtype)  # variable: (b, 1, n, l) -> (b, n, l)
+
+
+def gate(y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """mamba_ssm's gate on the scan's output, `out * silu(z)`, in y's dtype. y, z (b, k*d, l)."""
+    return y * F.silu(z.to(y.dtype))
+
+
+def empty_scan(
+    u: torch.Tensor, n: int, initial_state: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scan of an input with no elements (b = 0, k*d = 0 or l = 0), the same on every backend:
+    y (b, k*d, l), empty, and the last state h_{-1} carried through no steps: a copy of
+    initial_state (differentiable) or zeros (b, k*d, n), both in the computation dtype."""
+    dtype = compute_dtype(u.dtype)
+    b, kd, l = u.shape
+    y = u.new_zeros((b, kd, l), dtype=dtype)  # (b, k*d, l), no elements
+    if initial_state is None:
+        return y, u.new_zeros((b, kd, n), dtype=dtype)  # (b, k*d, n)
+    return y, initial_state.to(dtype, copy=True)  # (b, k*d, n)
+
+
+def is_kernel_call(u: object, B: object, C: object, z: object) -> bool:
+    """Whether a fast backend's public `selective_scan` can hand its call to the kernels as it is
+    (which check it themselves): no gate, B and C grouped, u not empty. Every other call goes
+    through `scan_any_layout`."""
+    return (
+        z is None
+        and all(isinstance(t, torch.Tensor) for t in (u, B, C))
+        and B.dim() == 4  # type: ignore[union-attr]
+        and C.dim() == 4  # type: ignore[union-attr]
+        and u.numel() > 0  # type: ignore[union-attr]
+    )
+
+
+def scan_any_layout(
+    grouped_scan: Callable,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    initial_state: torch.Tensor | None,
+    return_last_state: bool,
+    z: torch.Tensor | None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """A backend's `selective_scan` on any layout of B and C, with the gate: check the call,
+    answer an empty one with `empty_scan`, map B and C with `to_grouped_projections`, run
+    `grouped_scan` (the backend's scan on the grouped layout, the reference's signature) and gate
+    its output in torch (differentiable by autograd)."""
+    b, k, d, l, n = check_selective_scan_args(
+        "selective_scan", u, delta, A, B, C, D, delta_bias, initial_state, z,
+        layouts=PROJECTION_LAYOUTS,
+    )  # fmt: skip
+    if u.numel() == 0:
+        y, last_state = empty_scan(u, n, initial_state)  # (b, k*d, l), (b, k*d, n)
+    else:
+        u, delta, B, C = to_grouped_projections(u, delta, B, C, k)  # B, C (b, k, n, l)
+        y, last_state = grouped_scan(
+            u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state, True
+        )  # (b, k*d, l), (b, k*d, n)
+    if z is not None:
+        y = gate(y, z)  # (b, k*d, l)
+    return (y, last_state) if return_last_state else y
 
 
 def check_grid(fn: str, name: str, x: torch.Tensor, routes: int | None = None) -> None:

@@ -82,7 +82,12 @@ from vmamba_fast.numba.tiles import (
     time_tile,
     workspace,
 )
-from vmamba_ref.contract import check_selective_scan_args, compute_dtype
+from vmamba_ref.contract import (
+    check_selective_scan_args,
+    compute_dtype,
+    is_kernel_call,
+    scan_any_layout,
+)
 
 # ------------------------------------------------------------------------------------------------
 # A block's states: the initial state in, the last state out.
@@ -360,16 +365,25 @@ def selective_scan(
     delta_softplus: bool = True,
     initial_state: torch.Tensor | None = None,
     return_last_state: bool = False,
+    z: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`vmamba_ref.selective_scan` on the Numba backend: same arguments, layouts and dtype rule.
 
-    u, delta (b, k*d, l); A (k*d, n); B, C (b, k, n, l); D, delta_bias (k*d,); initial_state
-    (b, k*d, n) -> y (b, k*d, l) in float32 (float64 for float64 u), and with
-    `return_last_state` also h_{l-1} (b, k*d, n). Differentiable in every tensor argument,
-    initial_state included, through the `vmamba::selective_scan_fwd` operator, whose CPU kernel
-    validates the arguments. A call that cannot reach that kernel (a tensor off the CPU, an
-    argument that is not a tensor) raises here instead, with the same checks.
+    u, delta, z (b, k*d, l); A (k*d, n); B, C (b, k, n, l), or mamba_ssm's constant (k*d, n) or
+    variable (b, n, l); D, delta_bias (k*d,); initial_state (b, k*d, n) -> y (b, k*d, l) in
+    float32 (float64 for float64 u), times silu(z) with the gate z, and with `return_last_state`
+    also h_{l-1} (b, k*d, n). Differentiable in every tensor argument, initial_state included,
+    through the `vmamba::selective_scan_fwd` operator, whose CPU kernel validates the arguments.
+    A call that cannot reach that kernel (a tensor off the CPU, an argument that is not a tensor)
+    raises here instead, with the same checks. Other layouts, the gate and an empty u go through
+    the contract's `scan_any_layout`: checked there, B and C mapped onto the grouped layout, the
+    gate applied in torch.
     """
+    if not is_kernel_call(u, B, C, z):
+        return scan_any_layout(
+            selective_scan, u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state,
+            return_last_state, z,
+        )  # fmt: skip
     if not torch.compiler.is_compiling() and not reaches_cpu_kernel(
         (u, delta, A, B, C), (D, delta_bias, initial_state)
     ):

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from vmamba_ref.contract import (
-    check_selective_scan_args,
     compute_dtype,
+    scan_any_layout,
 )
 
 
@@ -69,7 +69,7 @@ def linear_recurrence(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
     return states[..., 1:] if odd_length else states  # (..., l)
 
 
-def selective_scan(
+def _grouped_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
     A: torch.Tensor,
@@ -81,23 +81,11 @@ def selective_scan(
     initial_state: torch.Tensor | None = None,
     return_last_state: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Run the selective scan over every channel of every route as one parallel scan.
-
-    Args:
-        u: input sequences (b, k*d, l).
-        delta: step-size logits (b, k*d, l), same dtype as u.
-        A: state matrix diagonal (k*d, n), real and normally negative.
-        B, C: input and output projections (b, k, n, l), one per route.
-        D: skip weights (k*d,) or None.
-        delta_bias: added to delta before softplus (k*d,) or None.
-        delta_softplus: apply softplus to delta + delta_bias.
-        initial_state: h_{-1} (b, k*d, n) or None for zeros.
-        return_last_state: also return h_{l-1} (b, k*d, n).
-
-    Returns:
-        y (b, k*d, l) in float32 (float64 for float64 u); with `return_last_state`, (y, h_last).
-    """
-    b, k, d, l, n = check_selective_scan_args("selective_scan", u, delta, A, B, C, D, delta_bias, initial_state)
+    """The parallel scan on the grouped layout, B, C (b, k, n, l), u not empty; `selective_scan`
+    has checked the call."""
+    b, kd, l = u.shape
+    k = B.shape[1]
+    d = kd // k
     dtype = compute_dtype(u.dtype)
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
     D = None if D is None else D.to(dtype)
@@ -119,3 +107,41 @@ def selective_scan(
     if D is not None:
         y = y + D[:, None] * u  # (b, k*d, l)
     return (y, states[..., -1]) if return_last_state else y
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+    z: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Run the selective scan over every channel of every route as one parallel scan.
+
+    Args:
+        u: input sequences (b, k*d, l).
+        delta: step-size logits (b, k*d, l), same dtype as u.
+        A: state matrix diagonal (k*d, n), real and normally negative.
+        B, C: input and output projections: grouped (b, k, n, l), one per route, or mamba_ssm's
+            constant (k*d, n) or variable (b, n, l), mapped onto grouped by the contract.
+        D: skip weights (k*d,) or None.
+        delta_bias: added to delta before softplus (k*d,) or None.
+        delta_softplus: apply softplus to delta + delta_bias.
+        initial_state: h_{-1} (b, k*d, n) or None for zeros.
+        return_last_state: also return h_{l-1} (b, k*d, n).
+        z: the gate (b, k*d, l) or None: the output is then y * silu(z), as in mamba_ssm.
+
+    Returns:
+        y (b, k*d, l) in float32 (float64 for float64 u); with `return_last_state`, (y, h_last).
+        An empty u gives the contract's `empty_scan` result.
+    """
+    return scan_any_layout(
+        _grouped_scan, u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state,
+        return_last_state, z,
+    )  # fmt: skip

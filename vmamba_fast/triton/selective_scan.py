@@ -83,7 +83,13 @@ from vmamba_fast.triton.common import (
     scan_chunk_bwd,
     scan_chunk_fwd,
 )
-from vmamba_ref.contract import check_selective_scan_args, check_shape, compute_dtype
+from vmamba_ref.contract import (
+    check_selective_scan_args,
+    check_shape,
+    compute_dtype,
+    is_kernel_call,
+    scan_any_layout,
+)
 
 
 @triton.jit
@@ -582,6 +588,7 @@ def selective_scan(
     delta_softplus: bool = True,
     initial_state: torch.Tensor | None = None,
     return_last_state: bool = False,
+    z: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`vmamba_ref.selective_scan` in Triton: same arguments, layouts, dtype rule and errors.
 
@@ -589,19 +596,27 @@ def selective_scan(
         u: input sequences (b, k*d, l).
         delta: step-size logits (b, k*d, l), same dtype as u.
         A: state matrix diagonal (k*d, n).
-        B, C: input and output projections (b, k, n, l), one per route.
+        B, C: input and output projections (b, k, n, l), one per route; or mamba_ssm's constant
+            (k*d, n) or variable (b, n, l), mapped onto that layout by the contract.
         D: skip weights (k*d,) or None.
         delta_bias: added to delta before softplus (k*d,) or None.
         delta_softplus: apply softplus to delta + delta_bias.
         initial_state: h_{-1} (b, k*d, n) or None for zeros.
         return_last_state: also return h_{l-1} (b, k*d, n).
+        z: the gate (b, k*d, l) or None: the output is then y * silu(z), applied in torch.
 
     Returns:
         y (b, k*d, l) in float32 (float64 for float64 u); with `return_last_state`, (y, last_state).
+        An empty u gives the contract's `empty_scan` result.
 
     Runs on CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1 was set before triton was
     imported; differentiable in every tensor argument.
     """
+    if not is_kernel_call(u, B, C, z):
+        return scan_any_layout(
+            selective_scan, u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state,
+            return_last_state, z,
+        )  # fmt: skip
     return selective_scan_blocked(
         u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state, return_last_state,
         blocks=None,
