@@ -147,3 +147,87 @@ def test_flop_counter_counts_four_routes_for_the_fused_core():
         ss2d_core(*(a[key] for key in ("x", "delta", "A", "B", "C", "D", "delta_bias")))
     l = h * w
     assert counter.get_total_flops() == 9 * b * l * (4 * d) * n + b * (4 * d) * l
+
+
+# ------------------------------------------------------------------ layouts: fakes match kernels
+
+
+def _transposed(t: torch.Tensor) -> torch.Tensor:
+    """t's values with the last two dims' strides swapped (a transposed (b, k*d, l) u)."""
+    return t.detach().transpose(-1, -2).contiguous().transpose(-1, -2).requires_grad_(t.requires_grad)
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous(memory_format=torch.channels_last).requires_grad_(t.requires_grad)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_opcheck_selective_scan_with_strided_inputs(layout):
+    """The backward's fake returns contiguous gradients, as the kernel does, whatever the
+    inputs' strides."""
+    a = _scan_case(True)
+    relayout = _transposed if layout == "transposed" else (lambda t: t)
+    args = [relayout(a[k]) for k in ("u", "delta")] + [a[k] for k in ("A", "B", "C")]
+    args = (*args, a["D"], a["delta_bias"], a["initial_state"])
+    torch.library.opcheck(ops.selective_scan_fwd, (*args, True))
+    y, last = ops.selective_scan_fwd(*args, True)
+    inputs = tuple(t.detach() for t in args)
+    dy = relayout(torch.randn_like(y))
+    torch.library.opcheck(ops.selective_scan_bwd, (dy, torch.randn_like(last), *inputs, True))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck_ss2d_core_and_cross_ops_with_strided_inputs(layout):
+    a = _core_case(True)
+    relayout = _channels_last if layout == "channels_last" else (lambda t: t)
+    args = (relayout(a["x"]), *(a[k] for k in ("delta", "A", "B", "C", "D", "delta_bias")))
+    torch.library.opcheck(ops.ss2d_core_fwd, (*args, True))
+    dy = relayout(torch.randn(a["x"].shape))
+    torch.library.opcheck(ops.ss2d_core_bwd, (dy, *(t.detach() for t in args), True))
+    torch.library.opcheck(ops.cross_scan, (relayout(a["x"]),))
+
+
+def test_compiled_backward_with_transposed_u_and_channels_last_x():
+    """AOTAutograd plans the backward from the fakes: strides that differ from the kernels'
+    made the compiled backward raise."""
+    scan = _scan_case(True, length=9)
+    core = _core_case(True)
+    inputs = (
+        _transposed(scan["u"]), *(scan[k] for k in ("delta", "A", "B", "C")),
+        _channels_last(core["x"]), *(core[k] for k in ("delta", "A", "B", "C")),
+    )  # fmt: skip
+
+    def f(u, delta, A, B, C, x, cdelta, cA, cB, cC):
+        return selective_scan(u, delta, A, B, C).sum() + ss2d_core(x, cdelta, cA, cB, cC).square().sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    grads = torch.autograd.grad(compiled(*inputs), inputs)
+    eager = torch.autograd.grad(f(*inputs), inputs)
+    tol = tolerance(torch.float32, grad=True, backend="numba")
+    for g, e in zip(grads, eager, strict=True):
+        torch.testing.assert_close(g, e, rtol=tol.rtol, atol=tol.atol)
+
+
+def test_public_functions_compile_without_graph_breaks():
+    """`vmamba_fast.<op>(..., backend="numba")` finds its backend through a cached lookup that
+    torch.compile traces through (fullgraph), once the backend was loaded: `get_ops` imports a
+    backend on its first call, which dynamo cannot trace."""
+    import vmamba_fast
+
+    scan = _scan_case(False)
+    core = _core_case(False)
+    s_args = tuple(scan[k] for k in ("u", "delta", "A", "B", "C"))
+    c_args = tuple(core[k] for k in ("x", "delta", "A", "B", "C"))
+
+    def f(s_args, c_args):
+        y = vmamba_fast.selective_scan(*s_args, backend="numba")
+        z = vmamba_fast.ss2d_core(*c_args, backend="numba")
+        xs = vmamba_fast.cross_scan(z, backend="numba")
+        b, k, d, _ = xs.shape
+        merged = vmamba_fast.cross_merge(xs.reshape(b, k, d, *z.shape[2:]), backend="numba")
+        return y.sum() + merged.sum()
+
+    eager = f(s_args, c_args)  # loads the backend: the lookup is cached from its first call
+    compiled = torch.compile(f, backend="eager", fullgraph=True)
+    tol = tolerance(torch.float32, backend="numba")
+    torch.testing.assert_close(compiled(s_args, c_args), eager, rtol=tol.rtol, atol=tol.atol)

@@ -119,9 +119,13 @@ def _(u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus):
     return y, u.new_empty(b, kd, A.shape[1], dtype=dtype)  # (b, k*d, n)
 
 
-def _like(t: Tensor | None, reference: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-    """The gradient of an optional input: shaped like it, or a zero-input stand-in."""
-    return reference.new_empty(shape, dtype=dtype) if t is None else torch.empty_like(t)
+def _grad_like(t: Tensor | None, reference: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """The gradient of input `t` as the kernels return it: t's shape and dtype, contiguous
+    whatever t's strides (a transposed u, a channels_last x); for an optional input passed as
+    None, a contiguous stand-in of `shape` in the computation dtype."""
+    if t is None:
+        return reference.new_empty(shape, dtype=dtype)
+    return t.new_empty(t.shape)
 
 
 @torch.library.register_fake("vmamba::selective_scan_bwd")
@@ -130,14 +134,10 @@ def _(dy, dlast, u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus
     n = A.shape[1]
     dtype = compute_dtype(u.dtype)
     return (
-        torch.empty_like(u),
-        torch.empty_like(delta),
-        torch.empty_like(A),
-        torch.empty_like(B),
-        torch.empty_like(C),
-        _like(D, u, (kd,), dtype),
-        _like(delta_bias, u, (kd,), dtype),
-        _like(initial_state, u, (b, kd, n), dtype),
+        *(_grad_like(t, u, (), dtype) for t in (u, delta, A, B, C)),
+        _grad_like(D, u, (kd,), dtype),
+        _grad_like(delta_bias, u, (kd,), dtype),
+        _grad_like(initial_state, u, (b, kd, n), dtype),
     )
 
 
@@ -152,13 +152,9 @@ def _(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
     kd = A.shape[0]
     dtype = compute_dtype(x.dtype)
     return (
-        torch.empty_like(x),
-        torch.empty_like(delta),
-        torch.empty_like(A),
-        torch.empty_like(B),
-        torch.empty_like(C),
-        _like(D, x, (kd,), dtype),
-        _like(delta_bias, x, (kd,), dtype),
+        *(_grad_like(t, x, (), dtype) for t in (x, delta, A, B, C)),
+        _grad_like(D, x, (kd,), dtype),
+        _grad_like(delta_bias, x, (kd,), dtype),
     )
 
 
