@@ -19,6 +19,7 @@ from vmamba_ref.testing import (
 from vmamba_ref.testing.mismatch import Rule, mismatch_report
 
 EXAMPLES = 6
+FACTOR = 10  # how much looser (or tighter) than the table a per-call tolerance is
 
 
 def mamba_style(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -41,10 +42,70 @@ def test_mamba_signature_passes_and_reports_the_skipped_initial_state():
 
 
 def test_compat_selective_scan_fn_passes_unmodified():
-    # mamba_ssm's last state is not differentiable: state that, and the last state is skipped.
-    caps = Capabilities(last_state=False)
-    report = check_selective_scan(selective_scan_fn, capabilities=caps, max_examples=EXAMPLES)
+    # No Capabilities: its detached last state is compared, and not backpropagated through.
+    report = check_selective_scan(selective_scan_fn, max_examples=EXAMPLES, settings="ci")
     assert report.examples == EXAMPLES and report.gradient_examples == EXAMPLES
+    assert any("through output[1]" in s for s in report.skipped)
+    assert "not tested: gradients through output[1]: fn returns it without grad" in str(report)
+
+
+def test_a_detached_last_state_is_not_backpropagated_through():
+    def detached_last_state(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                            delta_softplus=False, return_last_state=False):  # fmt: skip
+        out = mamba_style(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        return (out[0], out[1].detach()) if return_last_state else out
+
+    inputs = selective_scan_inputs(
+        return_last_state=True, with_initial_state=False, requires_grad=True, max_length=9
+    )
+    report = check_selective_scan(detached_last_state, inputs=inputs, max_examples=EXAMPLES)
+    assert report.gradient_examples == EXAMPLES
+    assert any("gradients through output[1]" in s for s in report.skipped)
+
+    def wrong_and_detached(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                           delta_softplus=False, return_last_state=False):  # fmt: skip
+        y, last = detached_last_state(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True)
+        return y, last * 1.01  # the forward value of a detached output is still compared
+
+    with pytest.raises(KernelMismatchError, match=r"output\[1\]"):
+        check_selective_scan(wrong_and_detached, inputs=inputs, max_examples=EXAMPLES)
+
+
+def test_half_precision_outputs_pass_under_the_low_precision_rule():
+    # mamba_ssm returns u's dtype where the reference returns its compute dtype, float32.
+    low = (torch.float16, torch.bfloat16)
+    report = check_selective_scan(selective_scan_fn, dtypes=low, max_examples=EXAMPLES)
+    assert report.examples == report.gradient_examples == EXAMPLES
+    assert any("float16, the inputs' dtype" in n for n in report.notes)
+    assert "note: output" in str(report)
+
+    def off_by_a_little(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                        delta_softplus=False, return_last_state=False):  # fmt: skip
+        out = selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                return_last_state)  # fmt: skip
+        y = out[0] if isinstance(out, tuple) else out
+        bumped = y + 4 * tolerance(y.dtype).atol  # beyond the rule's atol, in y's dtype
+        return (bumped, out[1]) if isinstance(out, tuple) else bumped
+
+    with pytest.raises(KernelMismatchError, match="low-precision rule"):
+        check_selective_scan(off_by_a_little, dtypes=low, max_examples=EXAMPLES)
+
+
+def test_determinism_is_checked_on_request():
+    calls = []
+
+    def jittery(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True,
+                initial_state=None, return_last_state=False):  # fmt: skip
+        calls.append(None)
+        out = selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state,
+                             return_last_state)  # fmt: skip
+        y = out[0] if return_last_state else out
+        y = y + torch.finfo(y.dtype).eps * (len(calls) % 2) * y  # one ulp on every other call
+        return (y, out[1]) if return_last_state else y
+
+    check_selective_scan(jittery, max_examples=EXAMPLES, settings="ci")  # within tolerance
+    with pytest.raises(KernelMismatchError, match="not deterministic"):
+        check_selective_scan(jittery, max_examples=EXAMPLES, settings="ci", deterministic=True)
 
 
 def test_positional_only_kernel_runs_and_skips_the_last_state():
@@ -102,13 +163,14 @@ def test_capabilities_bound_state_size_and_dtypes():
 
 
 def test_looser_tolerance_warns_and_tighter_raises():
-    loose = Tolerance(rtol=1e-2, atol=1e-3)
+    table = tolerance(torch.float32)
+    loose = Tolerance(table.rtol * FACTOR, table.atol * FACTOR)  # looser than the table
     with pytest.warns(UserWarning, match="tolerance loosened"):
         report = check_selective_scan(
             mamba_style, dtypes=[torch.float32], tolerance=loose, max_examples=3
         )
     assert any("tolerance loosened" in w for w in report.warnings)
-    tight = Tolerance(rtol=1e-6, atol=1e-7)
+    tight = Tolerance(table.rtol / FACTOR, table.atol / FACTOR)  # tighter than the table
     with pytest.raises(ValueError, match="tighter than the table"):
         check_selective_scan(mamba_style, dtypes=[torch.float32], tolerance=tight)
 

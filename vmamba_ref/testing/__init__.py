@@ -19,6 +19,7 @@ Property-test your own kernel in a few lines (docs/testing.md walks through it):
 | `nan_buffers`   | `nan_filled_empty()`: NaN-filled `empty` buffers so unwritten elements fail    |
 | `profiles`      | Hypothesis profiles `dev`, `ci`, `thorough`                                    |
 | `mutants`       | kernels with planted bugs, which the kit must catch                            |
+| `zoo`           | kernels reproducing bugs that shipped in real scan kernels (docs/bugs.md)      |
 | `pytest_plugin` | opt-in fixtures and `--vmamba-examples` (`-p vmamba_ref.testing.pytest_plugin`) |
 """
 

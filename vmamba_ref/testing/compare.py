@@ -7,10 +7,19 @@ every gradient, with the numbers in `tolerances.py` (`mismatch.py` applies them)
 - float32/float64 inputs: `|fast - ref64| <= atol + rtol * |ref64|` elementwise.
 - float16/bfloat16 inputs: `max|fast - ref64| <= 2 * max|ref_lowp - ref64| + atol`, where
   ref_lowp is the reference run on the same low-precision inputs without the upcast, i.e. the
-  error a faithful low-precision pipeline makes (flash-attention's and Mamba's rule).
+  error a faithful low-precision pipeline makes (flash-attention's and Mamba's rule). The
+  reference returns its compute dtype (float32); a kernel may return its input dtype instead,
+  as mamba_ssm and VMamba's non-oflex kernels do: then ref_lowp is rounded to that dtype too,
+  every comparison reads both sides in float64, and the result notes the dtype.
 
 Gradients use a random cotangent (seeded, so a failure replays) for every floating output, the
-same for both sides, and compare the gradient of every floating input that requires grad.
+same for both sides, and compare the gradient of every floating input that requires grad. An
+output that `fn` returns without grad (mamba_ssm's last state is detached) is one the kit does
+not backpropagate through, on either side; the result notes it.
+
+`deterministic=True` also runs `fn` (and its backward) a second time on the same inputs and
+requires bit-identical results: an order-dependent reduction (atomic adds into dB, dC) passes
+every tolerance and still makes training irreproducible.
 
 A failure raises AssertionError listing each tensor that differs: how many elements, max and
 mean abs error, the first bad indices with both values, NaN/inf mismatches; shape or dtype
@@ -36,6 +45,15 @@ from vmamba_ref.testing.runs import Comparison, as_tuple, fresh_copies, referenc
 from vmamba_ref.testing.tolerances import GRAD_FACTOR, Tolerance, ToleranceOverride, loosened
 
 
+@dataclass(frozen=True)
+class Compared:
+    """What one passing comparison covered."""
+
+    gradients: bool  # whether gradients were compared
+    not_backpropagated: tuple[str, ...] = ()  # outputs fn returns without grad, e.g. "output[1]"
+    notes: tuple[str, ...] = ()  # e.g. an output dtype other than the reference's
+
+
 def assert_matches_reference(
     fn: Callable[..., Any],
     inputs: dict[str, Any],
@@ -45,6 +63,7 @@ def assert_matches_reference(
     nan_fill: bool = True,
     seed: int = 0,
     tolerance: ToleranceOverride | None = None,
+    deterministic: bool = False,
 ) -> bool:
     """Assert that `fn(**inputs)` matches the reference `op` (forward, and gradients if asked).
 
@@ -63,14 +82,42 @@ def assert_matches_reference(
         seed: seed of the random cotangent.
         tolerance: a Tolerance (or one per dtype) looser than the table's for these inputs;
             it warns, and the report says so. Gradients use GRAD_FACTOR times it.
+        deterministic: also run `fn` a second time (and its backward) and require bit-identical
+            outputs and gradients.
 
     Returns:
-        True when gradients were compared.
+        True when gradients were compared (`compare_with_reference` returns the details).
 
     Raises:
         AssertionError: with the mismatch report.
         ValueError: when `tolerance` is tighter than the table.
     """
+    return compare_with_reference(
+        fn,
+        inputs,
+        op=op,
+        check_grad=check_grad,
+        nan_fill=nan_fill,
+        seed=seed,
+        tolerance=tolerance,
+        deterministic=deterministic,
+    ).gradients
+
+
+def compare_with_reference(
+    fn: Callable[..., Any],
+    inputs: dict[str, Any],
+    *,
+    op: str | Callable[..., Any],
+    check_grad: bool | None = False,
+    nan_fill: bool = True,
+    seed: int = 0,
+    tolerance: ToleranceOverride | None = None,
+    deterministic: bool = False,
+) -> Compared:
+    """`assert_matches_reference`, returning what it compared: whether gradients, which outputs
+    fn returns without grad (not backpropagated through), and notes such as an output dtype
+    other than the reference's."""
     op_name, reference = reference_for(op)
     fn_name = getattr(fn, "__name__", type(fn).__name__)
     dtype = primary_dtype(inputs)
@@ -87,35 +134,33 @@ def assert_matches_reference(
     fn_inputs = fresh_copies(inputs, grad_names)
     before = {k: v.detach().clone() for k, v in fn_inputs.items() if isinstance(v, torch.Tensor)}
     fn_out = _run_fn(fn, fn_inputs, header, fn_name, grad_names, nan_fill)
-    structure = _structure_problems(fn_out, ref.native_out)
+    structure, notes = _structure_problems(fn_out, ref.native_out, dtype)
     if structure:
         raise AssertionError(header + "\n" + "\n".join(structure))
 
-    rules = _output_rules(tol, ref, low)
+    rules = _output_rules(tol, ref, low, fn_out)
     output_problems = _output_problems(fn_out, ref.out64, rules)
     compared = bool(grad_names) and _has_gradients(fn_out, header, fn_name, check_grad)
+    through = [o.requires_grad for o in fn_out]  # the outputs gradients flow back through
+    cotangents = _cotangents(ref, seed, fn_out) if compared else []
+    backward = _Backward(grad_names, cotangents, through, nan_fill)
+    fn_grads = (
+        backward.run(fn_out, fn_inputs, f"{header}\n{fn_name}'s backward") if compared else []
+    )
     grad_problems = (
-        _gradient_problems(
-            fn_out,
-            fn_inputs,
-            ref,
-            inputs,
-            grad_names,
-            grad_tol,
-            low=low,
-            seed=seed,
-            nan_fill=nan_fill,
-            failure_prefix=f"{header}\n{fn_name}'s backward",
-        )
-        if compared
-        else {}
+        _gradient_problems(fn_grads, ref, inputs, backward, grad_tol, low=low) if compared else {}
     )
 
     problems = output_problems + list(grad_problems.values())
     changed = _modified_inputs(before, fn_inputs)
     if changed:
         problems.append(f"fn modified its input(s) {', '.join(changed)} in place")
-    if problems:
+    nondeterministic = (
+        _nondeterminism(fn, inputs, fn_out, fn_grads, backward, header, fn_name, compared)
+        if deterministic and not changed
+        else []
+    )
+    if problems or nondeterministic:
         comparison = Comparison(
             fn_name,
             op_name,
@@ -129,8 +174,16 @@ def assert_matches_reference(
             grad_names,
             nan_fill,
         )
-        raise AssertionError(_failure_report(header, problems, likely_causes(fn, op, comparison)))
-    return compared
+        causes = likely_causes(fn, op, comparison) if problems else []
+        if nondeterministic:
+            causes.append(NONDETERMINISM_CAUSE)
+        raise AssertionError(_failure_report(header, problems + nondeterministic, causes))
+    skipped = tuple(
+        name
+        for name, flows, r in zip(_output_names(len(fn_out)), through, ref.out64, strict=True)
+        if compared and not flows and r.is_floating_point()
+    )
+    return Compared(compared, skipped, tuple(notes))
 
 
 # ---------------------------------------------------------------- the steps, in the order they run
@@ -223,11 +276,15 @@ def _output_names(n: int) -> list[str]:
     return ["output"] if n == 1 else [f"output[{i}]" for i in range(n)]
 
 
-def _structure_problems(fn_out: tuple[Any, ...], native_out: tuple[Any, ...]) -> list[str]:
-    """Output count, type, shape and dtype checks; values cannot be compared if these fail."""
+def _structure_problems(
+    fn_out: tuple[Any, ...], native_out: tuple[Any, ...], input_dtype: torch.dtype
+) -> tuple[list[str], list[str]]:
+    """Output count, type, shape and dtype checks, and notes. Values cannot be compared if these
+    fail. An output in the inputs' dtype where the reference returns its compute dtype (float16
+    where the reference gives float32) is allowed, with a note."""
     if len(fn_out) != len(native_out):
-        return [f"fn returned {len(fn_out)} output(s), the reference {len(native_out)}"]
-    problems = []
+        return [f"fn returned {len(fn_out)} output(s), the reference {len(native_out)}"], []
+    problems, notes = [], []
     for name, f, r in zip(_output_names(len(native_out)), fn_out, native_out, strict=True):
         if not isinstance(f, torch.Tensor):
             problems.append(f"{name}: fn returned {type(f).__name__}, the reference a tensor")
@@ -236,18 +293,41 @@ def _structure_problems(fn_out: tuple[Any, ...], native_out: tuple[Any, ...]) ->
             problems.append(
                 f"{name}: shape mismatch, fn {tuple(f.shape)}, reference {tuple(r.shape)}"
             )
-        if f.dtype != r.dtype:
+        if f.dtype != r.dtype and f.dtype == input_dtype and f.is_floating_point():
+            notes.append(
+                f"{name}: dtype {_dtype_name(f.dtype)}, the inputs' dtype, where the reference "
+                f"returns its compute dtype {_dtype_name(r.dtype)}: compared in float32 or wider, "
+                f"the low-precision baseline rounded to {_dtype_name(f.dtype)}"
+            )
+        elif f.dtype != r.dtype:
             problems.append(f"{name}: dtype mismatch, fn {f.dtype}, reference {r.dtype}")
-    return problems
+    return problems, notes
 
 
-def _output_rules(tol: Tolerance, ref: _ReferenceRuns, low: bool) -> list[Rule]:
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _output_rules(
+    tol: Tolerance, ref: _ReferenceRuns, low: bool, fn_out: Sequence[torch.Tensor]
+) -> list[Rule]:
     """One rule per output: elementwise, or the low-precision bound from the reference's own
-    low-precision error on that output."""
+    low-precision error on that output, rounded to fn's output dtype when that is narrower."""
     return [
-        low_precision_rule(tol, n, r) if low else Rule(tol)
-        for n, r in zip(ref.native_out, ref.out64, strict=True)
+        low_precision_rule(tol, _rounded_like(n, f), r) if low else Rule(tol)
+        for n, r, f in zip(ref.native_out, ref.out64, fn_out, strict=True)
     ]
+
+
+def _rounded_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`t` rounded through `like`'s dtype when that is a narrower floating dtype, else `t`."""
+    narrower = (
+        like.dtype != t.dtype
+        and like.is_floating_point()
+        and t.is_floating_point()
+        and torch.finfo(like.dtype).eps > torch.finfo(t.dtype).eps
+    )
+    return t.detach().to(like.dtype).to(t.dtype) if narrower else t
 
 
 def _output_problems(
@@ -278,80 +358,86 @@ def _has_gradients(
     return False
 
 
+@dataclass
+class _Backward:
+    """How gradients are taken on both sides: the same cotangents, through the same outputs."""
+
+    grad_names: Sequence[str]
+    cotangents: Sequence[torch.Tensor]
+    through: Sequence[bool]  # per output: whether fn's output requires grad
+    nan_fill: bool = True
+
+    def run(
+        self, outputs: Sequence[torch.Tensor], leaves: dict[str, Any], failure_prefix: str
+    ) -> list[torch.Tensor | None]:
+        """fn's gradients; an exception its backward raises becomes the failure."""
+        try:
+            with nan_filled_empty() if self.nan_fill else nullcontext():
+                return self.grads(outputs, leaves)
+        except Exception as err:
+            raise AssertionError(f"{failure_prefix} raised {type(err).__name__}: {err}") from err
+
+    def grads(
+        self,
+        outputs: Sequence[torch.Tensor],
+        leaves: dict[str, Any],
+        dtype: torch.dtype | None = None,
+    ) -> list[torch.Tensor | None]:
+        """Gradients of `leaves[grad_names]` through the outputs fn backpropagates through, the
+        cotangents cast to each output (or to `dtype`)."""
+        pairs = [
+            (o, c.to(device=o.device, dtype=dtype or o.dtype))
+            for o, c, flows in zip(outputs, self.cotangents, self.through, strict=True)
+            if flows and o.requires_grad
+        ]
+        return list(
+            torch.autograd.grad(
+                [o for o, _ in pairs],
+                [leaves[k] for k in self.grad_names],
+                [c for _, c in pairs],
+                allow_unused=True,
+            )
+        )
+
+
 def _gradient_problems(
-    fn_out: Sequence[torch.Tensor],
-    fn_inputs: dict[str, Any],
+    fn_grads: Sequence[torch.Tensor | None],
     ref: _ReferenceRuns,
     inputs: dict[str, Any],
-    grad_names: Sequence[str],
+    backward: _Backward,
     tol: Tolerance,
     *,
     low: bool,
-    seed: int,
-    nan_fill: bool,
-    failure_prefix: str,
 ) -> dict[str, str]:
-    """Backpropagate the same random cotangent through `fn` and the reference; a report for
-    each input whose gradient differs and for each output of `fn` that gradients cannot flow
-    back through."""
-    cotangents = _cotangents(ref, seed)
-    try:
-        with nan_filled_empty() if nan_fill else nullcontext():
-            fn_grads = _grads(
-                fn_out,
-                [c.to(o.device) for c, o in zip(cotangents, fn_out, strict=True)],
-                [fn_inputs[k] for k in grad_names],
-            )
-    except Exception as err:
-        raise AssertionError(f"{failure_prefix} raised {type(err).__name__}: {err}") from err
-    ref_grads = _grads(
-        ref.out64,
-        [c.to(torch.float64) for c in cotangents],
-        [ref.inputs64[k] for k in grad_names],
-    )
-    low_grads = (
-        _grads(ref.native_out, cotangents, [ref.native_inputs[k] for k in grad_names])
-        if low
-        else ref_grads
-    )
+    """Backpropagate the same cotangents through the reference, through the outputs fn
+    backpropagates through; a report for each input whose gradient differs."""
+    ref_grads = backward.grads(ref.out64, ref.inputs64, torch.float64)
+    low_grads = backward.grads(ref.native_out, ref.native_inputs) if low else ref_grads
     problems: dict[str, str] = {}
-    for k, g_fn, g_ref, g_low in zip(grad_names, fn_grads, ref_grads, low_grads, strict=True):
+    names = backward.grad_names
+    for k, g_fn, g_ref, g_low in zip(names, fn_grads, ref_grads, low_grads, strict=True):
         problem = _grad_problem(k, inputs[k], g_fn, g_ref, g_low, tol, low)
         if problem is not None:
             problems[k] = problem
-    names = _output_names(len(ref.out64))
-    for name, o, r in zip(names, fn_out, ref.out64, strict=True):
-        if not o.requires_grad and r.requires_grad:
-            problems.setdefault(
-                f"({name})",
-                f"{name} of fn does not require grad: no gradient flows back through it",
-            )
     return problems
 
 
-def _cotangents(ref: _ReferenceRuns, seed: int) -> list[torch.Tensor]:
-    """A seeded random cotangent per output, in [-1, 1), rounded to the output's dtype: the same
-    values for both sides."""
+def _cotangents(
+    ref: _ReferenceRuns, seed: int, fn_out: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """A seeded random cotangent per output, in [-1, 1), rounded to the output's dtype (and to
+    fn's, when narrower): the same values for both sides."""
     gen = torch.Generator().manual_seed(seed)
     return [
-        torch.rand(r.shape, generator=gen, dtype=torch.float64)
-        .mul(2)
-        .sub(1)
-        .to(device=r.device, dtype=n.dtype)
-        for r, n in zip(ref.out64, ref.native_out, strict=True)
+        _rounded_like(
+            torch.rand(r.shape, generator=gen, dtype=torch.float64)
+            .mul(2)
+            .sub(1)
+            .to(device=r.device, dtype=n.dtype),
+            f,
+        )
+        for r, n, f in zip(ref.out64, ref.native_out, fn_out, strict=True)
     ]
-
-
-def _grads(
-    outputs: Sequence[torch.Tensor],
-    cotangents: Sequence[torch.Tensor],
-    leaves: Sequence[torch.Tensor],
-) -> list[torch.Tensor | None]:
-    pairs = [(o, c) for o, c in zip(outputs, cotangents, strict=True) if o.requires_grad]
-    grads = torch.autograd.grad(
-        [o for o, _ in pairs], list(leaves), [c for _, c in pairs], allow_unused=True
-    )
-    return list(grads)
 
 
 def _grad_problem(
@@ -372,6 +458,50 @@ def _grad_problem(
         return None
     rule = low_precision_rule(tol, zeros if g_low is None else g_low, g_ref) if low else Rule(tol)
     return mismatch_report(label, g_fn, g_ref, rule)
+
+
+NONDETERMINISM_CAUSE = (
+    "fn is not deterministic: two calls on the same inputs give different bits, the mark of "
+    "an order-dependent reduction (atomic adds, or a reduction order that varies between calls)"
+)
+
+
+def _nondeterminism(
+    fn: Callable[..., Any],
+    inputs: dict[str, Any],
+    fn_out: Sequence[torch.Tensor],
+    fn_grads: Sequence[torch.Tensor | None],
+    backward: _Backward,
+    header: str,
+    fn_name: str,
+    compared: bool,
+) -> list[str]:
+    """Run fn (and its backward) again on fresh copies of the same inputs; a report for each
+    output and gradient that is not bit-identical to the first run's."""
+    again_inputs = fresh_copies(inputs, backward.grad_names if compared else [])
+    again = _run_fn(fn, again_inputs, header, fn_name, backward.grad_names, backward.nan_fill)
+    names = _output_names(len(fn_out))
+    pairs = list(zip(names, fn_out, again, strict=True))
+    if compared:
+        grads = backward.run(again, again_inputs, f"{header}\n{fn_name}'s second backward")
+        labels = [f"gradient of `{k}`" for k in backward.grad_names]
+        pairs += [
+            (label, a, b)
+            for label, a, b in zip(labels, fn_grads, grads, strict=True)
+            if a is not None and b is not None
+        ]
+    problems = []
+    for name, first, second in pairs:
+        a, b = first.detach(), second.detach()
+        differ = (a != b) & ~(a.isnan() & b.isnan())
+        if bool(differ.any()):
+            largest = float((as_float64(a) - as_float64(b)).abs()[differ.cpu()].max())
+            problems.append(
+                f"{name}: not deterministic, two calls on the same inputs differ in "
+                f"{int(differ.sum())} of {differ.numel()} elements (largest difference "
+                f"{largest:.3e})"
+            )
+    return problems
 
 
 def _modified_inputs(before: dict[str, torch.Tensor], fn_inputs: dict[str, Any]) -> list[str]:

@@ -9,6 +9,7 @@ example passes.
 
     from vmamba_ref.testing import check_selective_scan
     check_selective_scan(my_scan)                       # forward, and gradients if it has them
+    check_selective_scan(my_scan, deterministic=True)   # and bit-identical on a second call
 
 `make_test(my_scan, op="selective_scan")` wraps the same check as a pytest test function.
 """
@@ -29,7 +30,7 @@ from hypothesis import strategies as st
 import vmamba_ref.testing.profiles  # noqa: F401  (importing it registers the settings profiles)
 from vmamba_ref.testing.adapt import Capabilities, adapt, capabilities_from_signature, unsupported
 from vmamba_ref.testing.cases import cast_inputs
-from vmamba_ref.testing.compare import assert_matches_reference, primary_dtype
+from vmamba_ref.testing.compare import compare_with_reference, primary_dtype
 from vmamba_ref.testing.runs import reference_for
 from vmamba_ref.testing.strategies import DEFAULT_DTYPES, STRATEGIES
 from vmamba_ref.testing.tolerances import ToleranceOverride, loosened
@@ -67,6 +68,7 @@ class CheckReport:
     skipped_examples: int = 0  # drawn examples fn cannot run (see `skipped`)
     skipped: tuple[str, ...] = ()  # features not tested, each with the reason
     warnings: tuple[str, ...] = ()  # e.g. a loosened tolerance
+    notes: tuple[str, ...] = ()  # e.g. an output dtype other than the reference's
 
     def __str__(self) -> str:
         lines = [
@@ -75,6 +77,7 @@ class CheckReport:
         ]
         lines += [f"  not tested: {s}" for s in self.skipped]
         lines += [f"  {w}" for w in self.warnings]
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -113,6 +116,7 @@ def check_kernel(
     nan_fill: bool = True,
     capabilities: Capabilities | None = None,
     tolerance: ToleranceOverride | None = None,
+    deterministic: bool = False,
 ) -> CheckReport:
     """Property-test `fn` against the reference `op` over many generated inputs.
 
@@ -136,10 +140,14 @@ def check_kernel(
             its signature. `gradients=False` compares outputs only.
         tolerance: a Tolerance (or a dict of one per dtype) looser than the table's; it warns
             and the report says so. A tighter one raises ValueError.
+        deterministic: also call fn (and its backward) a second time on every example and
+            require bit-identical outputs and gradients (an order-dependent reduction fails).
 
     Returns:
         A CheckReport: examples compared and skipped, how many had their gradients compared,
-        the features not tested and why, and warnings.
+        the features not tested and why (an output fn returns without grad is not
+        backpropagated through), warnings, and notes (an output in the inputs' dtype where the
+        reference returns float32).
 
     Raises:
         KernelMismatchError: with the shrunk counterexample and the mismatch report.
@@ -168,6 +176,7 @@ def check_kernel(
                 lambda pair: cast_inputs(*pair)
             )
     notes: dict[str, None] = {}
+    remarks: dict[str, None] = {}
 
     def note_tolerance(dtype: torch.dtype) -> None:
         warning = loosened(tolerance, dtype)[1]  # raises ValueError when tighter than the table
@@ -193,16 +202,23 @@ def check_kernel(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the loosened tolerance warned once above
-                compared = assert_matches_reference(
+                compared = compare_with_reference(
                     call,
                     case,
                     op=op,
                     check_grad=check_grad,
                     nan_fill=nan_fill,
                     tolerance=tolerance,
+                    deterministic=deterministic,
                 )
-            if compared:
+            if compared.gradients:
                 progress["gradients"] += 1
+            for name in compared.not_backpropagated:
+                skipped[
+                    f"gradients through {name}: fn returns it without grad, so the kit does not "
+                    "backpropagate through it"
+                ] = None
+            remarks.update(dict.fromkeys(compared.notes))
         except AssertionError as err:
             progress["first_failure"] = progress["first_failure"] or progress["examples"]
             found = progress["first_failure"]
@@ -225,6 +241,7 @@ def check_kernel(
         progress["skipped"],
         tuple(skipped),
         tuple(notes),
+        tuple(remarks),
     )
     logger.info("%s matches %s: %s", fn_name, op_name, report)
     return report
@@ -285,6 +302,7 @@ def _check_op(op: str) -> Callable[..., CheckReport]:
         nan_fill: bool = True,
         capabilities: Capabilities | None = None,
         tolerance: ToleranceOverride | None = None,
+        deterministic: bool = False,
     ) -> CheckReport:
         return check_kernel(
             fn,
@@ -297,6 +315,7 @@ def _check_op(op: str) -> Callable[..., CheckReport]:
             nan_fill=nan_fill,
             capabilities=capabilities,
             tolerance=tolerance,
+            deterministic=deterministic,
         )
 
     check.__name__ = check.__qualname__ = f"check_{op}"
@@ -327,6 +346,7 @@ def make_test(
     nan_fill: bool = True,
     capabilities: Capabilities | None = None,
     tolerance: ToleranceOverride | None = None,
+    deterministic: bool = False,
 ) -> Callable[[Any], None]:
     """A pytest test function that runs `check_kernel(fn, op, ...)`.
 
@@ -354,6 +374,7 @@ def make_test(
             nan_fill=nan_fill,
             capabilities=capabilities,
             tolerance=tolerance,
+            deterministic=deterministic,
         )
 
     test.__name__ = test.__qualname__ = f"test_{fn_name}_matches_{op_name}"
