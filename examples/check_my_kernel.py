@@ -13,7 +13,12 @@ This script:
 2. runs `check_cross_scan` on it: Hypothesis finds a failing input, shrinks it to a grid of two
    pixels, and the report names the broken routes;
 3. fixes the bug and checks again: forward and gradients pass;
-4. runs the kit on the planted-bug kernels of `vmamba_ref.testing.mutants` and prints how many
+4. checks a third-party kernel as it is, with no adapter: `vmamba_fast.compat.selective_scan_fn`,
+   which has mamba_ssm's signature (no `initial_state`, `delta_softplus=False` by default), a
+   last state without gradient, and float16 outputs for float16 inputs; the report lists what
+   was not tested;
+5. runs the kit on the planted-bug kernels of `vmamba_ref.testing.mutants` and on the regression
+   zoo of `vmamba_ref.testing.zoo` (bugs that shipped in real scan kernels), and prints how many
    examples Hypothesis needed to find each bug.
 
 Run:  python examples/check_my_kernel.py [--quick]
@@ -26,8 +31,15 @@ import time
 
 import torch
 
-from vmamba_ref.testing import KernelMismatchError, check_cross_scan, check_kernel
+from vmamba_fast.compat import selective_scan_fn
+from vmamba_ref.testing import (
+    KernelMismatchError,
+    check_cross_scan,
+    check_kernel,
+    check_selective_scan,
+)
 from vmamba_ref.testing.mutants import MUTANTS
+from vmamba_ref.testing.zoo import ZOO
 
 # The "ci" profile is derandomized: every run tries the same examples, so the counts printed
 # below are reproducible.
@@ -82,20 +94,34 @@ def main() -> None:
         f"   -> passed: {report.examples} examples, gradients compared on {report.gradient_examples}\n"
     )
 
-    print("3. The kit on the planted bugs of vmamba_ref.testing.mutants")
+    third_party = max(examples // 5, 5)
+    print(f"3. Checking a third-party kernel as it is, on {third_party} examples per dtype group:")
+    print("   vmamba_fast.compat.selective_scan_fn, mamba_ssm's signature, no adapter")
+    for dtypes in ((torch.float32, torch.float64), (torch.float16, torch.bfloat16)):
+        report = check_selective_scan(
+            selective_scan_fn, dtypes=dtypes, settings=PROFILE, max_examples=third_party
+        )
+        print("   " + str(report).replace("\n", "\n   "))
+    print()
+
+    print("4. The kit on the planted bugs of vmamba_ref.testing.mutants and vmamba_ref.testing.zoo")
     print(f"   {'bug':<20} {'op':<15} {'examples to find':>16}  {'seconds':>7}  report names it")
-    for mutant in MUTANTS:
+    planted = [(m.name, m.op, m.kernel, m.symptom, m.check_grad, False) for m in MUTANTS]
+    historical = [(z.name, z.op, z.kernel, z.symptom, None, z.deterministic) for z in ZOO]
+    for name, op, kernel, symptom, check_grad, deterministic in planted + historical:
         start = time.perf_counter()
         try:
-            check_kernel(mutant.kernel, mutant.op, check_grad=mutant.check_grad, settings=PROFILE)
+            check_kernel(
+                kernel, op, check_grad=check_grad, settings=PROFILE, deterministic=deterministic
+            )
         except KernelMismatchError as err:
-            named = "yes" if mutant.symptom in str(err) else "NO"
+            named = "yes" if symptom in str(err) else "NO"
             print(
-                f"   {mutant.name:<20} {mutant.op:<15} {err.examples_to_failure:>16}  "
-                f"{time.perf_counter() - start:>7.1f}  {named}: {mutant.symptom!r}"
+                f"   {name:<20} {op:<15} {err.examples_to_failure:>16}  "
+                f"{time.perf_counter() - start:>7.1f}  {named}: {symptom!r}"
             )
         else:
-            raise SystemExit(f"mutant {mutant.name} was not caught")
+            raise SystemExit(f"planted bug {name} was not caught")
 
 
 if __name__ == "__main__":

@@ -76,3 +76,18 @@ def test_each_example_has_a_quick_flag_and_a_docstring_with_its_command():
         text = (EXAMPLES / f"{name}.py").read_text()
         assert f"python examples/{name}.py --quick" in text
         assert load(name).__doc__
+
+
+def test_check_my_kernel_quick(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "check_my_kernel.py"), "--quick"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "caught after" in out and "-> passed" in out
+    assert "not tested: gradients through output[1]" in out  # the third-party kernel, as it is
+    assert "note: output" in out  # its float16 outputs
+    rows = re.findall(r"^   (\w+) +\w+ +(\d+) +[\d.]+  (yes|NO):", out, re.MULTILINE)
+    assert len(rows) >= 12 and all(named == "yes" for _, _, named in rows)
+    assert "python examples/check_my_kernel.py [--quick]" in (EXAMPLES / "check_my_kernel.py").read_text()
