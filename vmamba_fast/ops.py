@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
@@ -206,14 +207,54 @@ def _core_backward(ctx, dy: Tensor):
     return (*(None if t is None else g for g, t in zip(grads, inputs, strict=True)), None)
 
 
-torch.library.register_autograd(
-    "vmamba::cross_scan", _cross_scan_backward, setup_context=_cross_scan_setup
+
+class UnsupportedTransformError(NotImplementedError):
+    """A `vmamba::` operator met an autograd mode it has no formula for: forward-mode AD
+    (`torch.autograd.forward_ad`, `torch.func.jvp`) or reverse mode inside a `torch.func`
+    transform (`grad`, `jacrev`, `vmap` over `grad`)."""
+
+
+_ALTERNATIVE = (
+    "use backend='torch' or backend='ref' (plain PyTorch, which every autograd mode and "
+    "torch.func transform differentiates), or torch.autograd.grad / .backward() outside torch.func"
 )
-torch.library.register_autograd(
-    "vmamba::cross_merge", _cross_merge_backward, setup_context=lambda ctx, inputs, output: None
-)
-torch.library.register_autograd("vmamba::selective_scan_fwd", _scan_backward, setup_context=_scan_setup)
-torch.library.register_autograd("vmamba::ss2d_core_fwd", _core_backward, setup_context=_core_setup)
+
+
+def _register_autograd(name: str, backward: Callable, setup_context: Callable) -> None:
+    """torch.library.register_autograd, guarded: the autograd kernel it builds would drop a
+    forward-mode tangent silently (it runs the forward as if nothing required a gradient) and
+    fails inside torch.func's grad with an error about autograd.Function. Both raise
+    `UnsupportedTransformError` instead, naming the operator and the alternative. Everything
+    else (reverse mode, torch.compile, vmap without a gradient) goes to the kernel as before."""
+    op = getattr(torch.ops.vmamba, name).default
+    info = torch._library.autograd.Info(backward, setup_context)
+    autograd_kernel = torch._library.autograd.make_autograd_impl(op, info)
+
+    def guarded(keyset, *args, **kwargs):
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        if any(fwAD.unpack_dual(t).tangent is not None for t in tensors):
+            raise UnsupportedTransformError(
+                f"vmamba::{name} has no forward-mode derivative (torch.func.jvp, "
+                f"torch.autograd.forward_ad, jacfwd): {_ALTERNATIVE}"
+            )
+        if (
+            torch._C._are_functorch_transforms_active()
+            and torch.is_grad_enabled()
+            and any(t.requires_grad for t in tensors)
+        ):
+            raise UnsupportedTransformError(
+                f"vmamba::{name} cannot be differentiated inside a torch.func transform (grad, "
+                f"jacrev, vmap over grad): {_ALTERNATIVE}"
+            )
+        return autograd_kernel(keyset, *args, **kwargs)
+
+    _LIB.impl(name, guarded, "Autograd", with_keyset=True)
+
+
+_register_autograd("cross_scan", _cross_scan_backward, _cross_scan_setup)
+_register_autograd("cross_merge", _cross_merge_backward, lambda ctx, inputs, output: None)
+_register_autograd("selective_scan_fwd", _scan_backward, _scan_setup)
+_register_autograd("ss2d_core_fwd", _core_backward, _core_setup)
 
 # ------------------------------------------------------------------------------------------------
 # FLOP formulas: the contract's `scan_flops`, the one formula `vmamba flops` uses too.
@@ -234,6 +275,7 @@ def _ss2d_core_flop(x_shape, delta_shape, A_shape, B_shape, C_shape, D_shape, *a
 
 __all__ = [
     "SCHEMAS",
+    "UnsupportedTransformError",
     "cross_merge",
     "cross_scan",
     "register_kernels",

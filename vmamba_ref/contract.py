@@ -163,21 +163,43 @@ def _remember_finite(x: torch.Tensor) -> None:
     _found_finite[key] = (weakref.ref(x, lambda _, key=key: _found_finite.pop(key, None)), x._version)
 
 
+def _values(x: torch.Tensor) -> torch.Tensor:
+    """The plain tensor holding x's values. Inside a `torch.func` transform (grad, vmap, jvp, ...)
+    x is a functorch wrapper without storage, whose values cannot be read (NumPy, `.item()`
+    under vmap); its innermost wrapped tensor holds them (under vmap, those of every batch
+    entry), and reading it is what an eager call would read."""
+    functorch = getattr(torch._C, "_functorch", None)
+    while functorch is not None and functorch.is_functorch_wrapped_tensor(x):
+        x = functorch.get_unwrapped(x)
+    return x
+
+
 def _all_finite(x: torch.Tensor) -> bool:
     """Whether every element of x is finite. A float32/float64 CPU tensor is read through NumPy:
     the same answer at a third of the cost of two dispatched torch ops, which counts because
-    every scan call checks its parameters."""
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous():
-        return bool(np.isfinite(x.detach().numpy()).all())
-    return bool(torch.isfinite(x).all())
+    every scan call checks its parameters. Not inside a `torch.func` transform, where every
+    op's result, even `detach()` (which NumPy calls), is a wrapper without storage."""
+    plain = x.detach()
+    if (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and x.is_contiguous()
+        and _values(plain) is plain
+    ):
+        return bool(np.isfinite(plain.numpy()).all())
+    return bool(torch.isfinite(_values(plain)).all())
 
 
 def check_finite(fn: str, name: str, x: torch.Tensor) -> None:
     """`x` holds no NaN or infinity (used for parameters, whose non-finite values poison every
     output). Off the CPU, an unchanged tensor already found finite is not read again. While
     `torch.compile` or `torch.export` traces, values are symbolic and the check cannot run; the
-    traced program is the one eager mode checks."""
-    if torch.compiler.is_compiling() or _known_finite(x):
+    traced program is the one eager mode checks. Inside a `torch.func` transform the values
+    wrapped by the transform's tensors are checked (`_values`)."""
+    if torch.compiler.is_compiling():
+        return
+    x = _values(x)
+    if _known_finite(x):
         return
     if not _all_finite(x):
         bad = (~torch.isfinite(x)).nonzero()[0].tolist()
