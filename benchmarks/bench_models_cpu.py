@@ -1,0 +1,188 @@
+"""Whole models on the CPU, side by side in one plain process: VMamba-T/S/B against torchvision's
+ConvNeXt-T, Swin-T and ResNet-50.
+
+    python benchmarks/bench_models_cpu.py            # the full table, under 10 minutes on 2 cores
+    python benchmarks/bench_models_cpu.py --quick    # tiny inputs: checks the script runs
+
+What a user gets is measured: this process keeps the default allocator, torch's default thread
+count and Numba's default threading layer; nothing is tuned, and the header says so. Every row
+is timed in this one run, the rows of one configuration interleaved round-robin, so ratios
+compare like with like on a machine whose speed drifts between runs.
+
+Columns:
+- images/s: batch / median seconds per call (forward under `no_grad`, or a training step:
+  forward, cross-entropy, backward, SGD step);
+- vs VMamba-T: this row's images/s over VMamba-T's (numba backend) in the same configuration;
+- faults/call, MB/call: minor page faults per call (`ru_minflt`) and the memory they first
+  touch (4 KiB each): memory the allocator handed back to the OS and the next call zeroes again;
+- floor: the fraction of the matrix-product floor, (2 * multiply-adds) / (measured matmul peak
+  of this dtype) / time. 1.0 would be every cycle in matrix products at peak.
+
+torchvision's models import beside the CPU torch build once its compiled-op registrations are
+skipped: an empty module is put at `sys.modules["torchvision._meta_registrations"]` before
+`import torchvision` (convnext_tiny, swin_t and resnet50 need none of those ops). This is done
+here, in a benchmark, never in the package. Without torchvision
+(`pip install --no-deps torchvision==0.28.0`, the release paired with torch 2.13) the peers are
+skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import resource
+import statistics
+import sys
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from vmamba_ref import MODELS, available_backends
+from vmamba_ref.tools.flops import count_model_flops
+
+PAGE_MB = resource.getpagesize() / 1e6
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model, built and ready, with its multiply-adds per image."""
+
+    name: str
+    model: nn.Module
+    macs_per_image: float
+
+
+def torchvision_models() -> dict[str, Callable[[], nn.Module]]:
+    """ConvNeXt-T, Swin-T and ResNet-50 from torchvision, or nothing if it is not installed."""
+    if importlib.util.find_spec("torchvision") is None:
+        print("torchvision is not installed: the peers are skipped (pip install --no-deps torchvision==0.28.0)")
+        return {}
+    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+    from torchvision.models import convnext_tiny, resnet50, swin_t
+
+    return {"ConvNeXt-T": convnext_tiny, "Swin-T": swin_t, "ResNet-50": resnet50}
+
+
+def peer_macs(model: nn.Module, size: int) -> float:
+    """Multiply-adds per image of a torchvision model: torch's counter counts 2 FLOPs per one."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    return counter.get_total_flops() / 2
+
+
+def matmul_peak(dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """FLOP/s of a large square matrix product of `dtype` on all threads, best of a few calls."""
+    n = 2048
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def make_call(model: nn.Module, batch: int, size: int, dtype: torch.dtype, train: bool) -> Callable[[], None]:
+    """One call of the measured kind on a fixed random batch."""
+    images = torch.randn(batch, 3, size, size)
+    labels = torch.zeros(batch, dtype=torch.long)  # class 0 exists in every head
+    autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4) if train else None
+
+    def call() -> None:
+        if train:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                loss = F.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+        else:
+            with torch.no_grad(), autocast:
+                model(images)
+
+    return call
+
+
+def measure(calls: dict[str, Callable[[], None]], rounds: int) -> dict[str, tuple[float, float]]:
+    """Median seconds and minor page faults per call, the calls interleaved round-robin after one
+    untimed warm-up call each."""
+    for call in calls.values():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    faults: dict[str, list[int]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return {name: (statistics.median(times[name]), statistics.median(faults[name])) for name in calls}
+
+
+def build_rows(quick: bool, size: int) -> list[Row]:
+    """The models of the table: VMamba-T/S/B on every fast backend installed (T also on "ref"
+    at batch 1), then the peers."""
+    vmamba = {"VMamba-T": "vmamba_tiny", "VMamba-S": "vmamba_small", "VMamba-B": "vmamba_base"}
+    if quick:
+        vmamba = {"VMamba-mini": "vmamba_mini"}
+    rows = []
+    for label, key in vmamba.items():
+        macs = count_model_flops(key, resolution=size).total  # one FLOP here = one multiply-add
+        for backend in [b for b in available_backends() if b in ("numba", "torch")]:
+            torch.manual_seed(0)
+            rows.append(Row(f"{label} ({backend})", MODELS[key](backend=backend), macs))
+    for label, build in torchvision_models().items():
+        torch.manual_seed(0)
+        model = build()
+        rows.append(Row(label, model, peer_macs(model.eval(), size)))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny inputs and models: checks the script runs")
+    parser.add_argument("--rounds", type=int, default=3, help="timed calls per row and configuration")
+    args = parser.parse_args()
+    size, batches, rounds = (64, (2,), 1) if args.quick else (224, (1, 8), args.rounds)
+
+    print("# Whole models on the CPU, one plain process")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads (torch's default), default "
+        "allocator, nothing tuned: what a user's process gets"
+    )
+    peaks = {dtype: matmul_peak(dtype, 0.2 if args.quick else 1.0) for dtype in (torch.float32, torch.bfloat16)}
+    print(", ".join(f"matmul peak {str(d).removeprefix('torch.')}: {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items()))
+    rows = build_rows(args.quick, size)
+    reference = rows[0].name  # VMamba-T on the first fast backend (numba when installed)
+    for train in (False, True):
+        for dtype in (torch.float32, torch.bfloat16):
+            for batch in batches:
+                kind = "training step" if train else "inference"
+                print(f"\n## {kind}, {str(dtype).removeprefix('torch.')}, batch {batch} at {size}x{size}\n")
+                for row in rows:
+                    row.model.train(train)
+                calls = {row.name: make_call(row.model, batch, size, dtype, train) for row in rows}
+                results = measure(calls, rounds)
+                ref_rate = batch / results[reference][0]
+                passes = 3 if train else 1  # a training step is about three forwards of work
+                print(f"| model | images/s | vs {reference} | faults/call | MB/call | floor |")
+                print("|---|---|---|---|---|---|")
+                for row in rows:
+                    seconds, faults = results[row.name]
+                    floor = passes * 2 * row.macs_per_image * batch / peaks[dtype] / seconds
+                    print(
+                        f"| {row.name} | {batch / seconds:.2f} | {batch / seconds / ref_rate:.2f}x | "
+                        f"{faults:.0f} | {faults * PAGE_MB:.0f} | {floor:.2f} |"
+                    )
+
+
+if __name__ == "__main__":
+    main()
