@@ -14,19 +14,8 @@ from pathlib import Path
 from vmamba_ref.contract import BACKENDS, BackendUnavailableError
 from vmamba_ref.model import MODELS
 from vmamba_ref.tools.bench import DTYPES, BenchConfig, format_result, run_benchmark
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
+from vmamba_ref.tools.cli import check_device, check_output_file
+from vmamba_ref.tools.cli import int_at_least as _int_at_least
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_device("--device", args.device)
+    if args.json is not None:
+        check_output_file("--json", args.json)
     try:
         config = BenchConfig(
             model=args.model,

@@ -10,6 +10,7 @@ import torch
 
 from vmamba_ref.contract import fastest_backend
 from vmamba_ref.model import vmamba_mini
+from vmamba_ref.tools.cli import check_backend, check_installed, check_output_dir, int_at_least
 from vmamba_ref.tools.data import load_digits
 from vmamba_ref.tools.plots import plot_history
 from vmamba_ref.tools.train import TrainConfig, accuracy, fit
@@ -19,13 +20,22 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", help="ref, numba, triton, or auto (the fastest installed for the CPU)")
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int_at_least(1), default=TrainConfig.epochs)
+    parser.add_argument("--seed", type=int_at_least(0), default=0)
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="folder for the loss-curve plot")
     parser.add_argument("--quick", action="store_true", help="a few steps only, to check that everything runs")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every check that can fail on the user's arguments, before any work (UsageError)."""
+    check_backend("--backend", args.backend)
+    check_output_dir("--out", args.out)
+    check_installed("sklearn", "demo", "the digits data")
+    check_installed("matplotlib", "demo", "the loss-curve plot")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     backend = fastest_backend("cpu") if args.backend == "auto" else args.backend
     torch.manual_seed(args.seed)
     train, test = load_digits(size=32, seed=args.seed)

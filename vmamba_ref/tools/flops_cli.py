@@ -13,14 +13,10 @@ import sys
 
 from vmamba_ref.contract import BACKENDS, BackendUnavailableError
 from vmamba_ref.model import MODELS
+from vmamba_ref.tools.cli import int_at_least
 from vmamba_ref.tools.flops import CATEGORIES, count_model_flops, format_table
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+_positive_int = int_at_least(1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

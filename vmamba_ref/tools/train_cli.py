@@ -19,6 +19,15 @@ up where they stopped, so a resumed run ends with the weights of an uninterrupte
 draws are seeded per step and rank: the data shifts and stochastic depth of step t are the same
 whenever step t runs.)
 
+`--resume` refuses settings that would change the run: the stored `train_config`, model and
+image size are compared with the new arguments and every differing field is listed. With
+`--allow-config-change` the new values take effect (a new `--lr` or `--weight-decay` reaches the
+optimizer and schedule) and the checkpoint records each change in `config_changes` (step,
+field, old, new). `--max-steps` is where to stop, not a setting of the run, and may differ.
+
+Ctrl-C (SIGINT) finishes the step in progress, saves a resumable checkpoint and exits with code
+130 and a one-line message; `--resume` then ends bit-identical to an uninterrupted run.
+
 The data are scikit-learn's digits from `vmamba_ref.tools.data` (1,797 8x8 images, upsampled), which
 ship inside scikit-learn: no download. `--batch-size` is per process; the global batch is
 `world_size * batch_size`.
@@ -28,8 +37,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -42,9 +54,17 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from vmamba_ref.checkpoint import load_checkpoint, read_saved, save_checkpoint
+from vmamba_ref.checkpoint import CheckpointCorruptError, CheckpointMismatchError, load_checkpoint, read_saved, save_checkpoint
 from vmamba_ref.contract import BACKENDS
 from vmamba_ref.model import MODELS, VMamba
+from vmamba_ref.tools.cli import (
+    UsageError,
+    check_device,
+    check_installed,
+    check_output_dir,
+    float_above,
+    int_at_least,
+)
 from vmamba_ref.tools.data import Split, load_digits
 from vmamba_ref.tools.train import (
     History,
@@ -56,6 +76,13 @@ from vmamba_ref.tools.train import (
 )
 
 CHECKPOINT_NAME = "last.pt"
+INTERRUPTED_EXIT = 130  # the shell's code for a run stopped by SIGINT
+
+log = logging.getLogger(__name__)
+
+
+class ResumeConfigError(ValueError):
+    """`--resume` with settings that differ from the checkpoint's; the message lists them."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +95,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     out: Path = Path("outputs/train")  # rank 0 writes out/last.pt here
     resume: bool = False  # continue from out/last.pt (which must exist)
+    allow_config_change: bool = False  # let --resume change the stored settings (recorded)
     max_steps: int | None = None  # stop after this many optimizer steps in all (resumed ones count)
     device: str = "auto"  # "auto": cuda:<local rank> when CUDA is available, else cpu
     progress: bool = True  # progress bar (rank 0 only)
@@ -99,6 +127,7 @@ class TrainResult:
     steps: int
     checkpoint: Path
     replica_difference: float  # max |param - rank 0's param| over every parameter (0 if in sync)
+    interrupted: bool = False  # stopped by SIGINT; the checkpoint resumes the run
 
 
 @dataclass(frozen=True)
@@ -164,6 +193,26 @@ def replica_difference(model: torch.nn.Module) -> float:
     return difference.item()
 
 
+def run_settings(config: RunConfig) -> dict[str, object]:
+    """The settings a resumed run must share with its checkpoint: the TrainConfig fields, the
+    model and the image size (`max_steps`, `out`, `device`, `backend` and `progress` are not
+    part of the run's result)."""
+    return {**dataclasses.asdict(config.train), "model": config.model, "image_size": config.image_size}
+
+
+def stored_settings(checkpoint: dict, path: Path) -> dict[str, object]:
+    settings = dict(_state(checkpoint, "train_config", path))
+    settings["model"] = _state(checkpoint, "model_name", path)
+    if "image_size" in checkpoint:
+        settings["image_size"] = checkpoint["image_size"]
+    return settings
+
+
+def settings_changes(stored: dict[str, object], new: dict[str, object]) -> list[tuple[str, object, object]]:
+    """(field, stored, new) for every setting that differs, in field order."""
+    return [(name, stored[name], value) for name, value in new.items() if name in stored and stored[name] != value]
+
+
 def _state(checkpoint: dict, key: str, path: Path) -> object:
     if key not in checkpoint:
         raise ValueError(f"--resume: {path} has no `{key}` entry; it was not written by `vmamba train`")
@@ -201,11 +250,26 @@ def _train(config: RunConfig, rank: int, world: int, device: torch.device) -> Tr
 
     path = config.out / CHECKPOINT_NAME
     history, epoch, skip = History(), 0, 0
+    config_changes: list[dict] = []
     if config.resume:
         checkpoint = read_saved(path)
+        changes = settings_changes(stored_settings(checkpoint, path), run_settings(config))
+        if changes and not config.allow_config_change:
+            listed = ", ".join(f"{name} {old!r} -> {new!r}" for name, old, new in changes)
+            raise ResumeConfigError(
+                f"--resume: {path} was trained with other settings ({listed}); resume with the stored "
+                "values, or pass --allow-config-change to change the run (the change is recorded)"
+            )
         load_checkpoint(model, checkpoint, entry="model", strict=True)
         optimizer.load_state_dict(_state(checkpoint, "optimizer", path))
         scheduler.load_state_dict(_state(checkpoint, "scheduler", path))
+        config_changes = list(checkpoint.get("config_changes", []))
+        if changes:
+            config_changes += [
+                {"step": int(_state(checkpoint, "step", path)), "field": name, "old": old, "new": new}
+                for name, old, new in changes
+            ]
+            _apply_optimizer_settings(optimizer, scheduler, tc)
         epoch, skip = int(_state(checkpoint, "epoch", path)), int(_state(checkpoint, "batch", path))
         saved_world = int(_state(checkpoint, "world_size", path))
         if skip and saved_world != world:
@@ -225,11 +289,13 @@ def _train(config: RunConfig, rank: int, world: int, device: torch.device) -> Tr
             save_checkpoint(
                 model, path, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 epoch=epoch_next, batch=batch, world_size=world, step=step, train_config=tc,
-                history=dataclasses.asdict(history), model_name=config.model,
+                history=dataclasses.asdict(history), model_name=config.model, image_size=config.image_size,
+                config_changes=config_changes,
             )
 
+    stop_request = _StopRequest(device)
     start_time = time.perf_counter()
-    with tqdm(total=stop, initial=step, desc="training", unit="step", disable=not (main and config.progress)) as bar:
+    with stop_request, tqdm(total=stop, initial=step, desc="training", unit="step", disable=not (main and config.progress)) as bar:
         while epoch < tc.epochs and step < stop:
             sampler.set_epoch(epoch)
             ddp.train()
@@ -246,7 +312,8 @@ def _train(config: RunConfig, rank: int, world: int, device: torch.device) -> Tr
                     history.step_loss.append(loss.item())
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.3f}")
-                if step >= stop:
+                    log.info("step %d/%d: loss %.4f", step, stop, loss.item())
+                if step >= stop or stop_request.agreed():
                     break
             skip = 0
             if batch < steps_per_epoch:  # stopped inside the epoch by max_steps
@@ -260,41 +327,126 @@ def _train(config: RunConfig, rank: int, world: int, device: torch.device) -> Tr
                     f"test accuracy {100 * history.epoch_accuracy[-1]:.2f}%"
                 )
             save(epoch, 0)
+            if stop_request.stopped:
+                break
     history.seconds += time.perf_counter() - start_time
     difference = replica_difference(model)
     if dist.is_initialized():
         dist.barrier()  # rank 0's checkpoint is written before anyone returns
-    return TrainResult(model, history, rank, world, step, path, difference)
+    return TrainResult(model, history, rank, world, step, path, difference, interrupted=stop_request.stopped)
+
+
+def _apply_optimizer_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                              tc: TrainConfig) -> None:
+    """Make a changed --lr / --weight-decay take effect after the optimizer and schedule states
+    were restored (they carry the stored values)."""
+    scheduler.base_lrs = [tc.lr for _ in optimizer.param_groups]
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = tc.lr
+        group["lr"] = tc.lr * factor
+        group["weight_decay"] = tc.weight_decay
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+class _StopRequest:
+    """SIGINT during training: the handler only raises a flag; the loop checks it after each step
+    and, under a process group, all ranks agree (a MAX all-reduce) so that they stop at the same
+    step. The previous handler comes back on exit. Off the main thread (where Python cannot
+    install handlers) Ctrl-C keeps its usual KeyboardInterrupt."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.requested = False
+        self.stopped = False
+        self._previous = None
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def agreed(self) -> bool:
+        """True (on every rank) when any rank was interrupted."""
+        flag = self.requested
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            shared = torch.tensor([float(flag)], device=self.device)  # (1,)
+            dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+            flag = bool(shared.item())
+        self.stopped = self.stopped or flag
+        return flag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     parser.add_argument("--model", default=RunConfig.model, choices=sorted(MODELS), help="named constructor")
     parser.add_argument("--backend", default=RunConfig.backend, choices=list(BACKENDS), help="scan backend (torch: any device)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per process and step")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--image-size", type=int, default=RunConfig.image_size)
+    parser.add_argument("--epochs", type=int_at_least(1), default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int_at_least(1), default=defaults.batch_size, help="images per process and step")
+    parser.add_argument("--lr", type=float_above(0.0), default=defaults.lr, help="peak AdamW learning rate")
+    parser.add_argument("--weight-decay", type=float_above(0.0, inclusive=True), default=defaults.weight_decay)
+    parser.add_argument("--seed", type=int_at_least(0), default=defaults.seed)
+    parser.add_argument("--image-size", type=int_at_least(8), default=RunConfig.image_size,
+                        help="side of the (upsampled) digits, at least their 8 pixels")
     parser.add_argument("--out", type=Path, default=RunConfig.out, help="folder of last.pt")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="let --resume change the stored settings (batch size, seed, lr, ...); recorded in the checkpoint")
+    parser.add_argument("--max-steps", type=int_at_least(1), default=None, help="stop after this many steps in all")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every check that can fail on the user's arguments, before any work (UsageError)."""
+    check_device("--device", args.device, allow_auto=True)
+    check_output_dir("--out", args.out)
+    check_installed("sklearn", "demo", "the digits data")
+    checkpoint = args.out / CHECKPOINT_NAME
+    if args.resume and not checkpoint.is_file():
+        raise UsageError(f"--resume: no checkpoint {checkpoint} to continue from")
+    if args.allow_config_change and not args.resume:
+        raise UsageError("--allow-config-change only applies with --resume")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    train_images = len(load_digits(size=8)[0].labels)
+    if args.batch_size * world > train_images:
+        raise UsageError(
+            f"--batch-size {args.batch_size} x {world} process(es) exceeds the {train_images} training images"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     train_config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=args.seed,
     )
     config = RunConfig(
         model=args.model, backend=args.backend, image_size=args.image_size, train=train_config,
-        out=args.out, resume=args.resume, max_steps=args.max_steps, device=args.device,
-        progress=not args.no_progress,
+        out=args.out, resume=args.resume, allow_config_change=args.allow_config_change,
+        max_steps=args.max_steps, device=args.device, progress=not args.no_progress,
     )
-    result = train(config)
+    try:
+        result = train(config)
+    except (ResumeConfigError, CheckpointCorruptError, CheckpointMismatchError) as error:
+        raise UsageError("; ".join(str(error).splitlines())) from None
+    except KeyboardInterrupt:  # before the training loop took over SIGINT: nothing to save
+        print("vmamba train: interrupted before training started; nothing saved", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    if result.interrupted:
+        if result.rank == 0:
+            print(
+                f"vmamba train: interrupted after step {result.steps}; checkpoint {result.checkpoint} "
+                "saved, continue with --resume", file=sys.stderr,
+            )
+        return INTERRUPTED_EXIT
     if result.rank == 0:
         acc = result.history.epoch_accuracy
         print(
