@@ -17,11 +17,24 @@ Why each flag (the kernels' timings with them: `docs/kernels.md`, section "On a 
   run. The cache is keyed on each kernel's own source file, so after editing a helper in another
   file, delete `vmamba_fast/numba/__pycache__`.
 - `parallel=True` only on the launchers, whose one `prange` runs over (batch, channel block).
+
+Threading layers (docs/kernels.md, "Threading layer"): the launchers run on whichever layer
+Numba resolves, and the library never chooses one. Two of them kill the process in common
+patterns, so `threads_for` and `launch` steer around them:
+
+- GNU OpenMP ("omp"): a child `fork()`ed after the parent ran a parallel launcher is aborted
+  when it starts one. `os.register_at_fork` marks such a child, and `launch` gives it a
+  single-threaded twin of each launcher (compiled there on first use, not cached), so a fork
+  child or a `multiprocessing` "fork" pool runs the kernels, on one thread each.
+- workqueue: concurrent launches from several Python threads abort. `threads_for` holds a lock
+  around every launch while the layer is workqueue (or not chosen yet).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -103,17 +116,69 @@ def override(**changes: int) -> Iterator[NumbaConfig]:
         _active.pop()
 
 
+def threading_layer() -> str | None:
+    """The layer Numba resolved ("omp", "tbb", "workqueue"), or None before any parallel
+    launch (Numba chooses it on the first one)."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
+
+
+_forked_from_omp = False  # this process is a fork child of one that launched on OpenMP
+
+
+def _after_fork_in_child() -> None:
+    global _forked_from_omp
+    _forked_from_omp = _forked_from_omp or threading_layer() == "omp"
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_serial_twins: dict[Callable, Callable] = {}
+
+
+def launch(kernel: Callable) -> Callable:
+    """The launcher to call for `kernel` (a `parallel=True` njit function): itself, or in a
+    fork child of an OpenMP process (where a parallel launch aborts) its single-threaded twin,
+    compiled from the same source without `parallel` and without the on-disk cache (whose
+    entries are keyed by signature, not flags)."""
+    if not _forked_from_omp:
+        return kernel
+    twin = _serial_twins.get(kernel)
+    if twin is None:
+        twin = numba.njit(**{**CONFIG.jit(parallel=False), "cache": False})(kernel.py_func)
+        _serial_twins[kernel] = twin
+    return twin
+
+
+_launch_lock = threading.Lock()
+
+
+@contextmanager
+def _exclusive_on_workqueue() -> Iterator[None]:
+    """Serialise launches while the layer is workqueue, or not chosen yet (the first launch
+    chooses it): workqueue aborts the process when several threads launch at once."""
+    if threading_layer() in ("omp", "tbb") or _forked_from_omp:
+        yield
+        return
+    with _launch_lock:
+        yield
+
+
 @contextmanager
 def threads_for(elements: int) -> Iterator[None]:
     """Run the kernels launched inside on one thread when the problem has fewer than
     `parallel_threshold` elements; otherwise leave Numba's thread count alone. Results do not
-    depend on the thread count (tests/test_numba_threads.py), only the time does."""
-    if elements >= active().parallel_threshold:
-        yield
-        return
-    saved = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(saved)
+    depend on the thread count (tests/test_numba_threads.py), only the time does. Launches from
+    several Python threads are serialised on the workqueue layer (module docstring)."""
+    with _exclusive_on_workqueue():
+        if elements >= active().parallel_threshold or _forked_from_omp:
+            yield
+            return
+        saved = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            yield
+        finally:
+            numba.set_num_threads(saved)

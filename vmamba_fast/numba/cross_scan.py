@@ -28,7 +28,7 @@ import torch
 from numba import njit, prange
 
 from vmamba_fast import ops
-from vmamba_fast.numba.config import PARALLEL_JIT, threads_for
+from vmamba_fast.numba.config import PARALLEL_JIT, launch, threads_for
 from vmamba_fast.numba.memory import as_kernel_array, check_cpu, reaches_cpu_kernel
 from vmamba_ref.contract import (
     ROUTES,
@@ -114,7 +114,7 @@ def cross_scan_cpu(x: torch.Tensor) -> torch.Tensor:
     xs = torch.empty(b, ROUTES, d, h * w, dtype=x.dtype)  # (b, k, d, l)
     bits = _SAME_WIDTH_INT[x.element_size()]
     with threads_for(x.numel()):
-        _cross_scan_kernel(x.detach().contiguous().view(bits).numpy(), xs.view(bits).numpy())
+        launch(_cross_scan_kernel)(x.detach().contiguous().view(bits).numpy(), xs.view(bits).numpy())
     return xs
 
 
@@ -126,7 +126,7 @@ def cross_merge_cpu(ys: torch.Tensor) -> torch.Tensor:
     dtype = compute_dtype(ys.dtype)  # summing four routes: float32 at least
     y = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
     with threads_for(ys.numel()):
-        _cross_merge_kernel(
+        launch(_cross_merge_kernel)(
             as_kernel_array(ys, dtype).reshape(b, ROUTES, d, h * w),
             h,
             w,

@@ -65,7 +65,7 @@ import torch
 from numba import njit, prange
 
 from vmamba_fast import ops
-from vmamba_fast.numba.config import JIT, PARALLEL_JIT, active, threads_for
+from vmamba_fast.numba.config import JIT, PARALLEL_JIT, active, launch, threads_for
 from vmamba_fast.numba.memory import as_kernel_array, check_cpu, partial_sums, reaches_cpu_kernel
 from vmamba_fast.numba.tiles import (
     bwd_scratch,
@@ -278,7 +278,7 @@ def selective_scan_fwd_cpu(
     block, tile = channel_block(n), time_tile(l)
     work = workspace(block, n, tile, dtype)  # (threads, S)
     with threads_for(u.numel()):
-        _selective_scan_fwd_kernel(
+        launch(_selective_scan_fwd_kernel)(
             *args, bool(delta_softplus), D is not None, block, tile, work, y.numpy(),
             last_state.numpy(),
         )  # fmt: skip
@@ -335,7 +335,7 @@ def selective_scan_bwd_cpu(
     tile = time_tile(l)
     work = workspace(block, n, tile, dtype, backward_tiles=(l + tile - 1) // tile)
     with threads_for(u.numel()):
-        _selective_scan_bwd_kernel(
+        launch(_selective_scan_bwd_kernel)(
             *args, dy_, dlast_, bool(delta_softplus), D is not None, block, tile, groups, work,
             du.numpy(), ddelta.numpy(), dA_part, dB_part, dC_part, dD_part, dbias_part,
             dstate0.numpy(),

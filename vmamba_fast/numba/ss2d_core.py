@@ -50,7 +50,7 @@ import torch
 from numba import njit, prange
 
 from vmamba_fast import ops
-from vmamba_fast.numba.config import JIT, PARALLEL_JIT, active, threads_for
+from vmamba_fast.numba.config import JIT, PARALLEL_JIT, active, launch, threads_for
 from vmamba_fast.numba.memory import as_kernel_array, check_cpu, partial_sums, reaches_cpu_kernel
 from vmamba_fast.numba.tiles import (
     bwd_scratch,
@@ -369,7 +369,7 @@ def ss2d_core_fwd_cpu(x, delta, A, B, C, D, delta_bias, delta_softplus):
     per_item = max(1, active().chains // block)  # blocks per work item: 16 channels and more
     work = workspace(block, n, core_tiles(h, w, tile)[1], dtype)  # (threads, S)
     with threads_for(4 * x.numel()):
-        _ss2d_core_fwd_kernel(
+        launch(_ss2d_core_fwd_kernel)(
             *args, bool(delta_softplus), D is not None, block, per_item, tile, h, w, work,
             y.numpy().reshape(b, d, h * w),
         )  # fmt: skip
@@ -406,7 +406,7 @@ def ss2d_core_bwd_cpu(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
     _, T, ntiles_max = core_tiles(h, w, tile)
     work = workspace(block, n, T, dtype, backward_tiles=ntiles_max)  # (threads, S)
     with threads_for(4 * x.numel()):
-        _ss2d_core_bwd_kernel(
+        launch(_ss2d_core_bwd_kernel)(
             *args, as_kernel_array(dy, dtype).reshape(b, d, l), bool(delta_softplus), D is not None,
             block, tile, groups, h, w, work,
             dx.numpy().reshape(b, d, l), ddelta.numpy().reshape(b, ROUTES, d, l), dA_part,
