@@ -166,7 +166,7 @@ def _selective_scan_bwd_kernel(
     when the last state is unused); work (threads, S) scratch for ceil(l / tile) kept tiles.
     Outputs: du, ddelta (b, k*d, l); dstate0 (b, k*d, n), the initial state's gradient;
     partial sums that the caller reduces: dA_part (b, k*d, n), dD_part, dbias_part (b, k*d)
-    (summed over b), dB_part, dC_part (b, k, groups, n, l), zero on entry (summed over the
+    (summed over b; float64, as their sums over time), dB_part, dC_part (b, k, groups, n, l), zero on entry (summed over the
     groups).
 
     The prange runs over b*k*groups items: item -> batch bi, route ki, group g, which takes
@@ -326,11 +326,11 @@ def selective_scan_bwd_cpu(
     groups = min((d + block - 1) // block, config.reduction_groups)
     du = torch.empty(b, kd, l, dtype=dtype)  # (b, k*d, l)
     ddelta = torch.empty(b, kd, l, dtype=dtype)  # (b, k*d, l)
-    dA_part = partial_sums((b, kd, n), dtype)  # (b, k*d, n)
+    dA_part = partial_sums((b, kd, n), torch.float64)  # (b, k*d, n)
     dB_part = partial_sums((b, k, groups, n, l), dtype)  # (b, k, groups, n, l)
     dC_part = partial_sums((b, k, groups, n, l), dtype)  # (b, k, groups, n, l)
-    dD_part = partial_sums((b, kd), dtype)  # (b, k*d)
-    dbias_part = partial_sums((b, kd), dtype)  # (b, k*d)
+    dD_part = partial_sums((b, kd), torch.float64)  # (b, k*d)
+    dbias_part = partial_sums((b, kd), torch.float64)  # (b, k*d)
     dstate0 = torch.empty(b, kd, n, dtype=dtype)  # (b, k*d, n)
     tile = time_tile(l)
     work = workspace(block, n, tile, dtype, backward_tiles=(l + tile - 1) // tile)
@@ -343,11 +343,11 @@ def selective_scan_bwd_cpu(
     grads = (
         du,
         ddelta,
-        torch.from_numpy(dA_part.sum(0)),  # (k*d, n)
+        torch.from_numpy(dA_part.sum(0)).to(dtype),  # (k*d, n)
         torch.from_numpy(dB_part.sum(2)),  # (b, k, n, l)
         torch.from_numpy(dC_part.sum(2)),  # (b, k, n, l)
-        torch.from_numpy(dD_part.sum(0)),  # (k*d,)
-        torch.from_numpy(dbias_part.sum(0)),  # (k*d,)
+        torch.from_numpy(dD_part.sum(0)).to(dtype),  # (k*d,)
+        torch.from_numpy(dbias_part.sum(0)).to(dtype),  # (k*d,)
         dstate0,
     )
     like = (u, delta, A, B, C, D, delta_bias, initial_state)

@@ -221,7 +221,7 @@ def _ss2d_core_bwd_kernel(
     Inputs as `_ss2d_core_fwd_kernel` plus dy (b, d, l); work has room for the most tiles a
     route has (`core_tiles`). Outputs: dx (b, d, l) (route 0 writes, routes 1-3 add);
     ddelta (b, k, d, l); partial sums that the caller reduces: dA_part (b, k*d, n), dD_part,
-    dbias_part (b, k*d) (over b); dB_part, dC_part (b, groups, k, n, l), zero on entry (over
+    dbias_part (b, k*d) (over b; float64, as their sums over time); dB_part, dC_part (b, groups, k, n, l), zero on entry (over
     the groups).
 
     The prange runs over b*groups items: item -> batch bi, group g, which takes the channel
@@ -397,11 +397,11 @@ def ss2d_core_bwd_cpu(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
     groups = min((d + block - 1) // block, config.reduction_groups)
     dx = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
     ddelta = torch.empty(b, ROUTES, d, h, w, dtype=dtype)  # (b, k, d, h, w)
-    dA_part = partial_sums((b, ROUTES * d, n), dtype)  # (b, k*d, n)
+    dA_part = partial_sums((b, ROUTES * d, n), torch.float64)  # (b, k*d, n)
     dB_part = partial_sums((b, groups, ROUTES, n, l), dtype)  # (b, groups, k, n, l) route order
     dC_part = partial_sums((b, groups, ROUTES, n, l), dtype)  # (b, groups, k, n, l) route order
-    dD_part = partial_sums((b, ROUTES * d), dtype)  # (b, k*d)
-    dbias_part = partial_sums((b, ROUTES * d), dtype)  # (b, k*d)
+    dD_part = partial_sums((b, ROUTES * d), torch.float64)  # (b, k*d)
+    dbias_part = partial_sums((b, ROUTES * d), torch.float64)  # (b, k*d)
     tile = time_tile(l)
     _, T, ntiles_max = core_tiles(h, w, tile)
     work = workspace(block, n, T, dtype, backward_tiles=ntiles_max)  # (threads, S)
@@ -416,11 +416,11 @@ def ss2d_core_bwd_cpu(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
     grads = (
         dx,
         ddelta,
-        torch.from_numpy(dA_part.sum(0)),  # (k*d, n)
+        torch.from_numpy(dA_part.sum(0)).to(dtype),  # (k*d, n)
         torch.from_numpy(row_major_odd_routes(dB_part.sum(1), h, w)),  # (b, k, n, h, w)
         torch.from_numpy(row_major_odd_routes(dC_part.sum(1), h, w)),  # (b, k, n, h, w)
-        torch.from_numpy(dD_part.sum(0)),  # (k*d,)
-        torch.from_numpy(dbias_part.sum(0)),  # (k*d,)
+        torch.from_numpy(dD_part.sum(0)).to(dtype),  # (k*d,)
+        torch.from_numpy(dbias_part.sum(0)).to(dtype),  # (k*d,)
     )
     like = (x, delta, A, B, C, D, delta_bias)
     return tuple(g if t is None else g.to(t.dtype) for g, t in zip(grads, like, strict=True))
