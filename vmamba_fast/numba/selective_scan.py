@@ -166,8 +166,8 @@ def _selective_scan_bwd_kernel(
     when the last state is unused); work (threads, S) scratch for ceil(l / tile) kept tiles.
     Outputs: du, ddelta (b, k*d, l); dstate0 (b, k*d, n), the initial state's gradient;
     partial sums that the caller reduces: dA_part (b, k*d, n), dD_part, dbias_part (b, k*d)
-    (summed over b; float64, as their sums over time), dB_part, dC_part (b, k, groups, n, l), zero on entry (summed over the
-    groups).
+    (summed over b; float64, as their sums over time), dB_part, dC_part (b, k, groups, n, l),
+    zero on entry (summed over the groups).
 
     The prange runs over b*k*groups items: item -> batch bi, route ki, group g, which takes
     the channel blocks g, g+groups, ... of route ki one after the other and adds their dB, dC

@@ -221,8 +221,8 @@ def _ss2d_core_bwd_kernel(
     Inputs as `_ss2d_core_fwd_kernel` plus dy (b, d, l); work has room for the most tiles a
     route has (`core_tiles`). Outputs: dx (b, d, l) (route 0 writes, routes 1-3 add);
     ddelta (b, k, d, l); partial sums that the caller reduces: dA_part (b, k*d, n), dD_part,
-    dbias_part (b, k*d) (over b; float64, as their sums over time); dB_part, dC_part (b, groups, k, n, l), zero on entry (over
-    the groups).
+    dbias_part (b, k*d) (over b; float64, as their sums over time); dB_part, dC_part
+    (b, groups, k, n, l), zero on entry (over the groups).
 
     The prange runs over b*groups items: item -> batch bi, group g, which takes the channel
     blocks g, g+groups, ..., route by route (routes outside blocks, so that a route's B and C
