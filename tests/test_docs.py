@@ -1,5 +1,5 @@
 """The documentation site: `mkdocs build --strict` passes, the built pages are self-contained
-(math as MathML, no resource from another host, figures drawn), and every runnable code block of
+(math drawn as SVG paths, no resource from another host, figures drawn), and every runnable code block of
 the pages runs.
 
 A block fenced as ```python is runnable: the blocks of a page run in order in one namespace, in
@@ -60,19 +60,53 @@ def site(tmp_path_factory):
 
 
 def test_strict_build_draws_the_figures(site):
-    for name in ("routes.png", "erf_initializations.png"):
+    figures = {"routes.png": "routes", "erf_initializations.png": "../erf",
+               "digit_routes.png": "routes", "digit_cross_merge.png": "cross_merge", "vss_block.png": "ss2d_block"}
+    for name, page in figures.items():
         assert (site / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    html = (site / "tutorial" / "routes" / "index.html").read_text()
-    assert "figures/routes.png" in html
+        html = (site / "tutorial" / page / "index.html").read_text()
+        assert f"figures/{name}" in html, (name, page)
 
 
-def test_math_is_mathml_and_no_latex_is_left(site):
+def path_boxes(svg: str) -> list[tuple[float, float]]:
+    """(width, height) of every path of an SVG drawn with straight lines only (M, L, Z)."""
+    boxes = []
+    for d in re.findall(r'<path d="([^"]*)"', svg):
+        if re.fullmatch(r"[MLZ\d\s.\-]+", d):
+            numbers = [float(v) for v in re.findall(r"-?[\d.]+", d)]
+            xs, ys = numbers[0::2], numbers[1::2]
+            boxes.append((max(xs) - min(xs), max(ys) - min(ys)))
+    return boxes
+
+
+def test_math_is_svg_paths_that_need_no_font(site):
     html = (site / "tutorial" / "ssm" / "index.html").read_text()
-    assert html.count("<math") >= 5
-    assert 'class="arithmatex"' not in html
+    svgs = re.findall(r'<svg class="math".*?</svg>', html, re.DOTALL)
+    assert len(svgs) >= 20
+    # Every glyph is a path: no text element, so nothing depends on the reader's fonts.
+    assert not any("<text" in svg or "<use" in svg for svg in svgs)
+    # The bar of \bar{A} is drawn: a flat straight-edged rectangle among the formula's paths.
+    bars = [svg for svg in svgs if "\\bar{A}" in svg[: svg.index(">")]]
+    assert bars
+    for svg in bars:
+        assert any(w > 3 * h > 0 for w, h in path_boxes(svg)), svg[:200]
     for page in site.rglob("*.html"):
         text = page.read_text()
         assert 'class="arithmatex"' not in text, page
+        assert "<math" not in text, page
+
+
+def test_docstring_asterisks_are_not_emphasis(site):
+    html = (site / "reference" / "operators" / "index.html").read_text()
+    assert "k*d" in html  # shapes such as (b, k*d, l), not "(b, k<em>d, l); A (k</em>d, n)"
+    assert not re.search(r"<em>d, ", html)
+
+
+def test_pages_hold_no_control_characters():
+    for page in PAGES:
+        text = (DOCS / page).read_text()
+        bad = [i for i, ch in enumerate(text) if ord(ch) < 32 and ch not in "\n\t"]
+        assert not bad, f"docs/{page}: control character at line {text.count(chr(10), 0, bad[0]) + 1}"
 
 
 def test_no_page_fetches_from_another_host(site):

@@ -3,6 +3,10 @@
 - `route_orders_figure`: the four cross-scan routes on a small grid, from `route_positions`.
 - `erf_initializations_figure`: the effective receptive field of a randomly initialised
   VMamba-mini under each of the paper's three SSM initializations, from `vmamba_ref.tools.erf`.
+- `digit_routes_figure`, `digit_cross_merge_figure`: the four route outputs of the first SS2D of
+  `digit_model` (VMamba-mini trained briefly on scikit-learn's digits, as the tutorial's first
+  page does) on one test digit, in each route's order and put back on the grid.
+- `vss_block_figure`: the VSS block and its SS2D as boxes and arrows.
 
 Run `python -m vmamba_ref.tools.figures OUT_DIR` to write them all.
 """
@@ -10,16 +14,23 @@ Run `python -m vmamba_ref.tools.figures OUT_DIR` to write them all.
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
+from types import SimpleNamespace
 from typing import get_args
 
 import torch
 
 from vmamba_ref.config import Init, SS2DConfig
-from vmamba_ref.contract import route_positions
-from vmamba_ref.model import vmamba_mini
+from vmamba_ref.contract import ROUTES, route_positions
+from vmamba_ref.cross_scan import cross_merge, cross_scan, cross_scan_routes
+from vmamba_ref.model import VMamba, vmamba_mini
+from vmamba_ref.selective_scan import selective_scan
+from vmamba_ref.ss2d_core import ss2d_core
+from vmamba_ref.tools.data import load_digits
 from vmamba_ref.tools.erf import effective_receptive_field, plot_erf, prepare_image, sample_photos
 from vmamba_ref.tools.plots import _pyplot
+from vmamba_ref.tools.train import TrainConfig, fit
 
 ROUTE_NAMES = ("row-major", "column-major", "row-major, reversed", "column-major, reversed")
 
@@ -73,9 +84,173 @@ def erf_initializations_figure(path: str | Path, resolution: int = 64, num_image
     return plot_erf(maps, path, title=title)
 
 
+DIGIT_STEPS = 20  # training steps of `digit_model`, the same as the tutorial's first page
+DIGIT_CONFIG = TrainConfig(epochs=1, batch_size=32, seed=0)
+
+
+@functools.lru_cache(maxsize=1)
+def digit_model(steps: int = DIGIT_STEPS) -> tuple[VMamba, torch.Tensor, int]:
+    """VMamba-mini trained for `steps` steps on scikit-learn's digits at 32x32 (torch backend,
+    seed 0), exactly as the tutorial's first page trains it, in evaluation mode; with the digit
+    that page follows, test image 0 (1, 1, 32, 32), and its label."""
+    train, test = load_digits(size=32, seed=0)
+    torch.manual_seed(0)
+    model = vmamba_mini(backend="torch", in_chans=1)
+    fit(model, train, test, DIGIT_CONFIG, progress=False, max_steps=steps)
+    return model.eval(), test.images[:1], int(test.labels[0])
+
+
+def ss2d_route_outputs(model: VMamba, image: torch.Tensor) -> SimpleNamespace:
+    """Run `image` (1, c_in, H, W) through `model` and open up the first block's SS2D core:
+    x (d, h, w) its input map, ys (k, d, l) each route's scan output in that route's step order,
+    y (d, h, w) the core's output. ys cross-merged is y (checked here)."""
+    ss2d = model.layers[0].blocks[0].op
+    seen = {}
+
+    def recording_core(*args):  # ss2d_core's positional arguments, as SS2D.scan passes them
+        seen["args"] = args
+        return ss2d_core(*args)
+
+    ops = ss2d.ops
+    ss2d.ops = SimpleNamespace(ss2d_core=recording_core)  # this instance only, restored below
+    try:
+        with torch.no_grad():
+            model(image)
+    finally:
+        ss2d.ops = ops
+    x, delta, A, B, C, D, delta_bias, softplus = seen["args"]
+    b, d, h, w = x.shape
+    with torch.no_grad():
+        ys = selective_scan(
+            cross_scan(x).reshape(b, ROUTES * d, h * w),  # (b, k*d, l)
+            cross_scan_routes(delta).reshape(b, ROUTES * d, h * w),  # (b, k*d, l)
+            A, cross_scan_routes(B), cross_scan_routes(C), D, delta_bias, softplus,
+        ).view(b, ROUTES, d, h * w)  # (b, k, d, l)
+        y = ss2d_core(*seen["args"])  # (b, d, h, w)
+    torch.testing.assert_close(cross_merge(ys.view(b, ROUTES, d, h, w)), y)
+    return SimpleNamespace(x=x[0], ys=ys[0], y=y[0])
+
+
+def _digit_channel(outputs: SimpleNamespace) -> int:
+    """The inner channel whose merged output varies most over the grid: the one the figures show."""
+    return int(outputs.y.flatten(1).var(dim=1).argmax())
+
+
+def digit_routes_figure(path: str | Path) -> Path:
+    """The tutorial's digit, then for each route k the first SS2D's input along that route (grey)
+    and the route's scan output (colour), one inner channel, in the route's step order t."""
+    plt = _pyplot()
+    model, image, label = digit_model()
+    out = ss2d_route_outputs(model, image)
+    channel = _digit_channel(out)
+    d, h, w = out.x.shape
+    pos = route_positions(h, w)  # (k, l)
+    fig, axes = plt.subplots(1, 5, figsize=(16, 3.2), layout="constrained",
+                             gridspec_kw={"width_ratios": [0.8, 1, 1, 1, 1]})
+    axes[0].imshow(image[0, 0], cmap="gray_r")
+    axes[0].set_title(f"the digit (label {label}), 32x32")
+    axes[0].set_xticks([])
+    axes[0].set_yticks([])
+    u = out.x[channel].flatten()  # (l,) the SS2D core's input map, row-major
+    for k, ax in enumerate(axes[1:]):
+        ax.plot(u[pos[k]], color="gray", lw=1, label="input u, read along the route")
+        ax.plot(out.ys[k, channel], color=plt.get_cmap("tab10")(k), lw=1.8, label="scan output y_k")
+        ax.set_title(f"route {k}: {ROUTE_NAMES[k]}", fontsize=10)
+        ax.set_xlabel(f"step t (0..{h * w - 1} over the {h}x{w} grid)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"First SS2D of VMamba-mini after {DIGIT_STEPS} training steps, inner channel {channel} of {d}")
+    return _save(fig, path)
+
+
+def digit_cross_merge_figure(path: str | Path) -> Path:
+    """Cross-merge on the tutorial's digit: each route's output of the first SS2D (one inner
+    channel) put back on the grid at the positions its steps read, and their sum, the merged map."""
+    plt = _pyplot()
+    model, image, _ = digit_model()
+    out = ss2d_route_outputs(model, image)
+    channel = _digit_channel(out)
+    d, h, w = out.x.shape
+    pos = route_positions(h, w)  # (k, l)
+    on_grid = torch.zeros(ROUTES, h * w)
+    for k in range(ROUTES):
+        on_grid[k, pos[k]] = out.ys[k, channel]  # step t of route k goes back to position pos[k, t]
+    maps = [*on_grid.view(ROUTES, h, w), out.y[channel]]
+    titles = [f"route {k} on the grid" for k in range(ROUTES)] + ["sum = cross-merge output"]
+    limit = max(float(m.abs().max()) for m in maps)
+    fig, axes = plt.subplots(1, 5, figsize=(16, 3.6), layout="constrained")
+    for ax, grid, title in zip(axes, maps, titles, strict=True):
+        image_ = ax.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image_, ax=axes, shrink=0.8)
+    fig.suptitle(f"Cross-merge of the first SS2D on the digit, inner channel {channel} of {d}, {h}x{w} grid")
+    return _save(fig, path)
+
+
+def vss_block_figure(path: str | Path) -> Path:
+    """The VSS block (left) and its SS2D (right) as boxes and arrows, with each step's shape."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(12, 6.4), layout="constrained")
+    ax.set_xlim(0, 12.6)
+    ax.set_ylim(0.3, 13.6)
+    ax.axis("off")
+
+    def box(x, y, text, colour="#e0f2f1"):
+        ax.text(x, y, text, ha="center", va="center", fontsize=10,
+                bbox=dict(boxstyle="round,pad=0.4", facecolor=colour, edgecolor="black", lw=1))
+        return x, y
+
+    def arrow(a, b, colour="black", style="-|>", rad=0.0):
+        ax.annotate("", xy=b, xytext=a, arrowprops=dict(arrowstyle=style, color=colour, lw=1.4,
+                                                        shrinkA=14, shrinkB=14, connectionstyle=f"arc3,rad={rad}"))
+
+    block = [box(2.5, 12.2, "x  (b, c, h, w)", "white"), box(2.5, 10.6, "LayerNorm"),
+             box(2.5, 9.0, "SS2D", "#ffe0b2"), box(2.5, 7.4, "+", "white"),
+             box(2.5, 5.8, "LayerNorm"), box(2.5, 4.2, "MLP  (c -> mlp_ratio*c -> c, GELU)"),
+             box(2.5, 2.6, "+", "white"), box(2.5, 1.0, "out  (b, c, h, w)", "white")]
+    for a, b in zip(block[:-1], block[1:], strict=True):
+        arrow(a, b)
+    arrow((1.0, 12.2), (2.2, 7.4), "gray", rad=0.5)  # residual around the token mixer
+    arrow((1.0, 7.4), (2.2, 2.6), "gray", rad=0.5)  # residual around the MLP
+    ax.text(0.2, 9.8, "residual", color="gray", rotation=90, fontsize=9)
+    ax.text(0.2, 4.9, "residual", color="gray", rotation=90, fontsize=9)
+    ax.text(2.5, 13.1, "VSS block", ha="center", fontsize=12, weight="bold")
+
+    ss2d = [box(8.6, 12.2, "in_proj 1x1        (b, c, h, w) -> (b, d, h, w)"),
+            box(8.6, 10.9, "depthwise conv 3x3, SiLU        (b, d, h, w)"),
+            box(8.6, 9.6, "x_proj, dt_proj per pixel: delta, B, C"),
+            box(8.6, 8.3, "cross-scan: 4 routes        (b, k, d, l)", "#ffe0b2"),
+            box(8.6, 7.0, "selective scan S6 on each route", "#ffe0b2"),
+            box(8.6, 5.7, "cross-merge: sum on the grid        (b, d, h, w)", "#ffe0b2"),
+            box(8.6, 4.4, "LayerNorm over d"),
+            box(8.6, 3.1, "out_proj 1x1        (b, d, h, w) -> (b, c, h, w)")]
+    for a, b in zip(ss2d[:-1], ss2d[1:], strict=True):
+        arrow(a, b)
+    ax.text(8.6, 13.1, "SS2D", ha="center", fontsize=12, weight="bold")
+    ax.text(8.6, 1.9, "SS2D core (orange): ss2d_core(x, delta, A, B, C, D, delta_bias)",
+            ha="center", fontsize=9, color="dimgray")
+    ax.add_patch(plt.Rectangle((4.6, 2.5), 7.9, 10.9, fill=False, ls="--", edgecolor="gray"))
+    arrow((3.2, 9.0), (4.6, 9.0), "gray", "-")
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 FIGURES = {
     "routes.png": route_orders_figure,
     "erf_initializations.png": erf_initializations_figure,
+    "digit_routes.png": digit_routes_figure,
+    "digit_cross_merge.png": digit_cross_merge_figure,
+    "vss_block.png": vss_block_figure,
 }
 """File name -> function(path) for every figure of the documentation."""
 
