@@ -122,15 +122,7 @@ def errors(g: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
     "backend",
     [
         "numba",
-        pytest.param(
-            "torch",
-            marks=pytest.mark.xfail(
-                reason="the odd-even scan's float32 products of decays near 1 lose 1 - dA at each "
-                "of its log2(l) levels: dA, du, ddelta measured up to 2.6x the loop's error "
-                "(not fixed; a float64 scan, untried here, costs 47% of the scan's time)",
-                strict=False,
-            ),
-        ),
+        "torch",
     ],
 )
 def test_backend_as_accurate_as_the_float32_loop(case, backend):

@@ -15,8 +15,10 @@ Fischer / Blelloch, written recursively):
     3. fill in the even steps:     h_{2i} = a_{2i} h_{2i-1} + b_{2i}
 
 The work is about 3 multiply-adds per element and level-halving, so O(l) in total, against
-O(l log l) for a Hillis-Steele scan. Only products and sums of the decays a = exp(dt A) in
-(0, 1] appear, and nothing is ever divided: at any step size the products can only underflow
+O(l log l) for a Hillis-Steele scan. The decays a = exp(dt A) are carried as their exponents
+dt A, so composing steps adds exponents (exact to rounding however close a is to 1) and each
+decay is exponentiated where it is applied; only decays in (0, 1] multiply, and nothing is ever
+divided: at any step size the products can only underflow
 towards 0, which is the true value, so no NaN appears where the loop has none (unlike the
 chunked closed form h_t = e^{S_t} sum_s e^{-S_s} dBu_s, whose e^{-S_s} overflows). The gradient
 is what autograd derives from these same products and sums.
@@ -45,26 +47,30 @@ from vmamba_ref.contract import (
 )
 
 
-def linear_recurrence(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
-    """Solve h_t = decay_t h_{t-1} + drive_t with h_{-1} = 0 along the last axis, in parallel.
+def linear_recurrence(log_decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
+    """Solve h_t = exp(log_decay_t) h_{t-1} + drive_t with h_{-1} = 0 along the last axis, in
+    parallel.
 
-    decay, drive (..., l) -> states h (..., l). Odd-even reduction: each even step is composed
-    with the odd step after it, the half-length recurrence of the pairs is solved recursively,
-    and the even steps are filled in from the odd ones before them.
+    log_decay, drive (..., l) -> states h (..., l). Odd-even reduction: each even step is
+    composed with the odd step after it, the half-length recurrence of the pairs is solved
+    recursively, and the even steps are filled in from the odd ones before them. The decays are
+    carried as their logarithms (dt * A, which the scan has before any exp), so composing two
+    steps adds exponents instead of multiplying decays: a decay near 1 keeps 1 - decay to full
+    precision at every level, and the error does not grow with log2(l).
     """
-    l = decay.shape[-1]
-    if l == 1:  # h_0 = decay_0 h_{-1} + drive_0 with h_{-1} = 0, written out so that decay_0 gets
-        return decay * 0.0 + drive  # its (zero) gradient, as in the loop: DDP and AdamW see every parameter
+    l = log_decay.shape[-1]
+    if l == 1:  # h_0 = decay_0 h_{-1} + drive_0 with h_{-1} = 0, written out as the loop computes it,
+        return torch.exp(log_decay) * 0.0 + drive  # so log_decay_0 gets its (zero) gradient: DDP and AdamW see every parameter
     odd_length = l % 2 == 1
     if odd_length:  # prepend the identity step (decay, drive) = (1, 0): it maps h_{-1} = 0 to 0
-        decay = F.pad(decay, (1, 0), value=1.0)  # (..., l + 1)
+        log_decay = F.pad(log_decay, (1, 0), value=0.0)  # (..., l + 1)
         drive = F.pad(drive, (1, 0), value=0.0)  # (..., l + 1)
-    decay_even, decay_odd = decay[..., 0::2], decay[..., 1::2]  # (..., m) each, m = ceil(l / 2)
+    log_even, log_odd = log_decay[..., 0::2], log_decay[..., 1::2]  # (..., m) each, m = ceil(l / 2)
     drive_even, drive_odd = drive[..., 0::2], drive[..., 1::2]  # (..., m) each
     # Step 2i+1 after step 2i: (decay_{2i+1} decay_{2i}, decay_{2i+1} drive_{2i} + drive_{2i+1}).
-    states_odd = linear_recurrence(decay_odd * decay_even, decay_odd * drive_even + drive_odd)  # (..., m): h_{2i+1}
+    states_odd = linear_recurrence(log_odd + log_even, torch.exp(log_odd) * drive_even + drive_odd)  # (..., m): h_{2i+1}
     states_before_even = F.pad(states_odd[..., :-1], (1, 0))  # (..., m): h_{2i-1}, with h_{-1} = 0
-    states_even = decay_even * states_before_even + drive_even  # (..., m): h_{2i}
+    states_even = torch.exp(log_even) * states_before_even + drive_even  # (..., m): h_{2i}
     states = torch.stack([states_even, states_odd], dim=-1).flatten(-2)  # (..., 2m) interleaved
     return states[..., 1:] if odd_length else states  # (..., l)
 
@@ -94,15 +100,15 @@ def _grouped_scan(
     if delta_bias is not None:
         delta = delta + delta_bias[:, None]  # (b, k*d, l)
     dt = F.softplus(delta) if delta_softplus else delta  # (b, k*d, l)
-    dA = torch.exp(torch.einsum("bkdl,kdn->bkdnl", dt.unflatten(1, (k, d)), A.unflatten(0, (k, d))))
-    dA = dA.flatten(1, 2)  # (b, k, d, n, l) -> (b, k*d, n, l)
+    dtA = torch.einsum("bkdl,kdn->bkdnl", dt.unflatten(1, (k, d)), A.unflatten(0, (k, d)))
+    dtA = dtA.flatten(1, 2)  # (b, k, d, n, l) -> (b, k*d, n, l): log dA
     # Each route's B and C serve all d channels of that route.
     dtu = (dt * u).unflatten(1, (k, d))  # (b, k, d, l)
     dBu = torch.einsum("bkdl,bknl->bkdnl", dtu, B).flatten(1, 2)  # (b, k*d, n, l)
     if initial_state is not None:  # fold h_{-1} into the first step: dBu_0 += dA_0 h_{-1}
-        first = dBu[..., :1] + dA[..., :1] * initial_state.to(dtype)[..., None]  # (b, k*d, n, 1)
+        first = dBu[..., :1] + torch.exp(dtA[..., :1]) * initial_state.to(dtype)[..., None]  # (b, k*d, n, 1)
         dBu = torch.cat([first, dBu[..., 1:]], dim=-1)  # (b, k*d, n, l)
-    states = linear_recurrence(dA, dBu)  # (b, k*d, n, l): h_t at every step
+    states = linear_recurrence(dtA, dBu)  # (b, k*d, n, l): h_t at every step
     y = torch.einsum("bkdnl,bknl->bkdl", states.unflatten(1, (k, d)), C).flatten(1, 2)  # (b, k*d, l)
     if D is not None:
         y = y + D[:, None] * u  # (b, k*d, l)
