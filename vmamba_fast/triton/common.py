@@ -7,7 +7,7 @@
 | `route_position`, `route_step`                 | `cross_scan.py`; `ss2d_core.py` (positions) |
 | `softplus`, `softplus_grad`, `step_size`       | the scan kernels, through the chunk pieces  |
 | `combine`, `load_tile`, `load_channel_params`, | the scan kernels of `selective_scan.py` and |
-| `affine_scan`, `scan_chunk_fwd`, `scan_chunk_bwd` | `ss2d_core.py`: one chunk of the recurrence and of its adjoint |
+| `step_maps`, `affine_scan`, `scan_chunk_fwd`, `scan_chunk_bwd` | `ss2d_core.py`: one chunk of the recurrence and of its adjoint |
 
 The scan kernels differ only in addressing: the plain selective scan reads step t of a sequence
 at column t of (b, k*d, l) tensors, the fused SS2D core at grid column `route_position(t, k)` of
@@ -106,8 +106,12 @@ def softplus(x):
 
     log1p(e) by Kahan's trick, log(1 + e) * e / ((1 + e) - 1), exact to rounding also where
     1 + e rounds to 1 (e below one ulp of 1), where log(1 + e) alone would return 0.
+
+    NaN stays NaN and +-inf gives inf and 0, as in the reference. The exponent is capped with
+    `where`, not `tl.minimum`: that is IEEE minNum, which returns the number when the other
+    operand is NaN, so a NaN logit would have run as dt = softplus(20) = 20.
     """
-    e = tl.exp(tl.minimum(x, _SOFTPLUS_THRESHOLD))
+    e = tl.exp(tl.where(x > _SOFTPLUS_THRESHOLD, _SOFTPLUS_THRESHOLD, x))  # NaN passes
     one_e = 1.0 + e
     rounded_away = one_e == 1.0
     log1p_e = tl.where(
@@ -187,6 +191,18 @@ def affine_scan(b_a, b_b, b_carry, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
+def step_maps(b_dt, b_u, b_A, b_B, m_dnt):
+    """dA = exp(dt A) and dBu = dt B u, the step x -> dA x + dBu of every (channel, state, step)
+    (BD, BN, BT), from dt, u (BD, BT), A (BD, BN) and B (BN, BT). Outside the mask `m_dnt`
+    the step is the identity (dA = 1, dBu = 0), even where a padded lane's product of zeros
+    with an infinite or NaN value of a real lane would be NaN (0 * inf): padding must not reach
+    the sums over channels, states or steps."""
+    b_dA = tl.where(m_dnt, tl.exp(b_dt[:, None, :] * b_A[:, :, None]), 1.0)
+    b_dBu = tl.where(m_dnt, (b_dt * b_u)[:, None, :] * b_B[None, :, :], 0.0)
+    return b_dA, b_dBu
+
+
+@triton.jit
 def scan_chunk_fwd(
     p_u, p_delta, p_B, p_C, r_u, r_kd, r_bc, o_p, m_d, m_n, m_t, l,
     b_A, b_D, b_delta_bias, b_state,
@@ -207,8 +223,8 @@ def scan_chunk_fwd(
     b_B = load_tile(p_B, r_bc, o_p, l, m_nt, ACC)  # (BN, BT)
     b_C = load_tile(p_C, r_bc, o_p, l, m_nt, ACC)  # (BN, BT)
     b_dt, _ = step_size(b_delta, b_delta_bias, m_dt, DELTA_SOFTPLUS, HAS_DELTA_BIAS)
-    b_dA = tl.exp(b_dt[:, None, :] * b_A[:, :, None])  # (BD, BN, BT)
-    b_dBu = (b_dt * b_u)[:, None, :] * b_B[None, :, :]  # (BD, BN, BT)
+    m_dnt = m_dt[:, None, :] & m_nt[None, :, :]  # (BD, BN, BT)
+    b_dA, b_dBu = step_maps(b_dt, b_u, b_A, b_B, m_dnt)  # (BD, BN, BT) each
     b_states, b_state = affine_scan(b_dA, b_dBu, b_state, BLOCK_T)  # (BD, BN, BT), (BD, BN)
     b_y = tl.sum(b_states * b_C[None, :, :], axis=1) + b_D[:, None] * b_u  # (BD, BT)
     return b_y, b_state
@@ -247,8 +263,8 @@ def scan_chunk_bwd(
     b_B = load_tile(p_B, r_bc, o_p, l, m_nt, ACC)  # (BN, BT)
     b_gy = load_tile(p_gy, r_u, o_p, l, m_dt, ACC)  # (BD, BT)
     b_dt, b_z = step_size(b_delta, b_delta_bias, m_dt, DELTA_SOFTPLUS, HAS_DELTA_BIAS)
-    b_dA = tl.exp(b_dt[:, None, :] * b_A[:, :, None])  # (BD, BN, BT)
-    b_dBu = (b_dt * b_u)[:, None, :] * b_B[None, :, :]  # (BD, BN, BT)
+    m_dnt = m_dt[:, None, :] & m_nt[None, :, :]  # (BD, BN, BT)
+    b_dA, b_dBu = step_maps(b_dt, b_u, b_A, b_B, m_dnt)  # (BD, BN, BT) each
     b_states, _ = affine_scan(b_dA, b_dBu, b_state, BLOCK_T)  # (BD, BN, BT)
 
     # The adjoint, on tiles in reverse time order: g_s = dA_{s+1} g_{s+1} + C_s gy_s.
@@ -257,17 +273,27 @@ def scan_chunk_bwd(
     m_ns = m_n[:, None] & (o_s < l)[None, :]
     b_delta1 = load_tile(p_delta, r_kd, o_ps1, l, m_ds1, ACC)  # (BD, BT)
     b_dt1, _ = step_size(b_delta1, b_delta_bias, m_ds1, DELTA_SOFTPLUS, HAS_DELTA_BIAS)
-    b_dA1 = tl.exp(b_dt1[:, None, :] * b_A[:, :, None])  # dA_{s+1}, 1 past the end (BD, BN, BT)
+    m_dns1 = m_ds1[:, None, :] & m_n[None, :, None]  # (BD, BN, BT)
+    b_dA1 = tl.where(m_dns1, tl.exp(b_dt1[:, None, :] * b_A[:, :, None]), 1.0)  # dA_{s+1}
     b_Cs = load_tile(p_C, r_bc, o_ps, l, m_ns, ACC)  # (BN, BT)
     b_gys = load_tile(p_gy, r_u, o_ps, l, m_ds, ACC)  # (BD, BT)
-    b_gin = b_Cs[None, :, :] * b_gys[:, None, :]  # (BD, BN, BT)
+    m_dns = m_ds[:, None, :] & m_ns[None, :, :]  # (BD, BN, BT)
+    b_gin = tl.where(m_dns, b_Cs[None, :, :] * b_gys[:, None, :], 0.0)  # (BD, BN, BT)
     b_grev, b_g = affine_scan(b_dA1, b_gin, b_g, BLOCK_T)  # (BD, BN, BT), (BD, BN)
     b_gs = tl.flip(b_grev, 2)  # (BD, BN, BT), time order, lined up with b_states
 
-    b_dAx = b_states - b_dBu  # dA_t h_{t-1} (BD, BN, BT)
-    b_gA = tl.sum(b_gs * b_dAx * b_dt[:, None, :], axis=2)  # (BD, BN)
+    # dA_t h_{t-1} (BD, BN, BT), from the states shifted one step, h_{-1} the carried state. Not
+    # b_states - b_dBu, which is NaN where dBu_t is infinite (inf - inf) though the reference's
+    # dA_t h_{t-1} is finite, and NaN from a NaN u_t that the reference's h_{t-1} never saw.
+    o_prev = tl.where(o_j > 0, o_j - 1, 0)  # (BT,)
+    b_prev = tl.gather(b_states, tl.zeros(b_states.shape, tl.int32) + o_prev[None, None, :], 2)
+    b_prev = tl.where(o_j[None, None, :] == 0, b_state[:, :, None], b_prev)  # h_{t-1}
+    b_dAx = b_dA * b_prev
+    b_gA = tl.sum(tl.where(m_dnt, b_gs * b_dAx * b_dt[:, None, :], 0.0), axis=2)  # (BD, BN)
     b_gdt = tl.sum(b_gs * (b_dAx * b_A[:, :, None] + b_B[None, :, :] * b_u[:, None, :]), axis=1)
-    b_gu = tl.sum(b_gs * b_B[None, :, :], axis=1) * b_dt + b_D[:, None] * b_gy  # (BD, BT)
+    # dt inside the sum over n, as in the reference: with dt = inf and terms of both signs the
+    # sum is NaN, where (sum_n g B) * dt would be +-inf.
+    b_gu = tl.sum(b_gs * b_B[None, :, :] * b_dt[:, None, :], axis=1) + b_D[:, None] * b_gy
     if DELTA_SOFTPLUS:
         b_gdt = b_gdt * softplus_grad(b_z)
     b_gdelta = tl.where(m_dt, b_gdt, 0.0)  # (BD, BT)
