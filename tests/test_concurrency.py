@@ -2,7 +2,8 @@
 Numba resolves (vmamba_fast/numba/config.py, docs/kernels.md "Threading layer").
 
 Each scenario runs in a fresh interpreter with a timeout, so that a process the threading layer
-kills (GNU OpenMP after fork, workqueue under concurrent launches) or a pool that never returns
+kills (GNU OpenMP after fork, workqueue under concurrent launches), a fork child that hangs in a
+parallel torch operation (GNU OpenMP's pool does not survive fork) or a pool that never returns
 fails its test instead of the test run. Problem sizes are above `parallel_threshold`, so the
 parallel launchers really run.
 """
@@ -68,15 +69,9 @@ def _run(body: str, layer: str | None = None) -> str:
 
 
 LAYERS = [None, "workqueue"]  # None: what Numba picks here (GNU OpenMP)
-OMP_FORK_HANGS = pytest.mark.xfail(
-    run=False,
-    reason="open: on GNU OpenMP the fork child's single-threaded twins run cross_scan, but "
-    "selective_scan and ss2d_core still hang in the child, in C code outside the kernels",
-)
-FORK_LAYERS = [pytest.param(None, marks=OMP_FORK_HANGS), "workqueue"]
 
 
-@pytest.mark.parametrize("layer", FORK_LAYERS, ids=["default-layer", "workqueue"])
+@pytest.mark.parametrize("layer", LAYERS, ids=["default-layer", "workqueue"])
 def test_a_fork_child_runs_the_kernels_after_the_parent_did(layer):
     _run(
         """
@@ -94,7 +89,7 @@ def test_a_fork_child_runs_the_kernels_after_the_parent_did(layer):
     )
 
 
-@pytest.mark.parametrize("layer", FORK_LAYERS, ids=["default-layer", "workqueue"])
+@pytest.mark.parametrize("layer", LAYERS, ids=["default-layer", "workqueue"])
 def test_a_fork_pool_maps_numba_calls(layer):
     _run(
         """
@@ -105,6 +100,31 @@ def test_a_fork_pool_maps_numba_calls(layer):
         print("OK")
         """,
         layer,
+    )
+
+
+def test_a_fork_child_of_an_openmp_process_refuses_more_torch_threads_instead_of_hanging():
+    _run(
+        """
+        from vmamba_fast.numba import config
+        threads = torch.get_num_threads()
+        scan(0)
+        pid = os.fork()
+        if pid == 0:
+            if config.threading_layer() != "omp":  # nothing to refuse on other layers
+                os._exit(0)
+            assert torch.get_num_threads() == 1  # set by the at-fork hook, in the child only
+            torch.set_num_threads(2)
+            try:
+                scan(0)
+            except config.ForkAfterOpenMPError as e:
+                os._exit(0 if "forkserver" in str(e) and "NUMBA_THREADING_LAYER" in str(e) else 4)
+            os._exit(3)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        assert torch.get_num_threads() == threads  # the parent keeps its settings
+        print("OK")
+        """
     )
 
 

@@ -23,9 +23,15 @@ Numba resolves, and the library never chooses one. Two of them kill the process 
 patterns, so `threads_for` and `launch` steer around them:
 
 - GNU OpenMP ("omp"): a child `fork()`ed after the parent ran a parallel launcher is aborted
-  when it starts one. `os.register_at_fork` marks such a child, and `launch` gives it a
-  single-threaded twin of each launcher (compiled there on first use, not cached), so a fork
-  child or a `multiprocessing` "fork" pool runs the kernels, on one thread each.
+  when it starts one, and hangs in the first parallel torch operation: torch runs its
+  intra-op parallelism on the same libgomp, whose thread pool the fork left behind (measured:
+  a 10M-element `torch.exp` or a 1000x1000 `torch.matmul` in the child never returns; the same
+  happens after a parallel torch op alone, without Numba). `os.register_at_fork` marks such a
+  child and sets torch to one thread there (the child only; the parent keeps its settings),
+  and `launch` gives it a single-threaded twin of each launcher (compiled there on first use,
+  not cached), so a fork child or a `multiprocessing` "fork" pool runs the kernels and the
+  torch code around them on one thread each. A child that raises torch's thread count again
+  would hang, so `threads_for` raises `ForkAfterOpenMPError` there instead.
 - workqueue: concurrent launches from several Python threads abort. `threads_for` holds a lock
   around every launch while the layer is workqueue (or not chosen yet).
 """
@@ -39,6 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numba
+import torch
 
 FASTMATH = frozenset({"contract", "reassoc", "afn", "arcp", "nsz"})
 
@@ -125,15 +132,44 @@ def threading_layer() -> str | None:
         return None
 
 
+class ForkAfterOpenMPError(RuntimeError):
+    """A fork child of a process that launched on GNU OpenMP asked for more than one torch
+    thread: its first parallel region would hang."""
+
+
 _forked_from_omp = False  # this process is a fork child of one that launched on OpenMP
+_pid = os.getpid()  # the process the flag above describes
 
 
 def _after_fork_in_child() -> None:
-    global _forked_from_omp
+    """In a fork child of a process that launched on GNU OpenMP: mark it, for `launch`, and run
+    torch on one thread, since libgomp's thread pool did not survive the fork. Changes only the
+    child, which would otherwise hang in its first parallel torch operation."""
+    global _forked_from_omp, _pid
+    _pid = os.getpid()
     _forked_from_omp = _forked_from_omp or threading_layer() == "omp"
+    if _forked_from_omp:
+        torch.set_num_threads(1)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _check_fork_child() -> None:
+    """Before a launch: catch up on a fork that bypassed `os.register_at_fork` (a `fork()` from
+    C), and refuse to run torch on several threads in a fork child of an OpenMP process."""
+    if os.getpid() != _pid:
+        _after_fork_in_child()
+    if _forked_from_omp and torch.get_num_threads() > 1:
+        raise ForkAfterOpenMPError(
+            f"this process was fork()ed from one that ran Numba kernels on GNU OpenMP, and asks "
+            f"for {torch.get_num_threads()} torch threads: GNU OpenMP's thread pool does not "
+            "survive fork, so the first parallel region would hang. Keep torch.set_num_threads(1) "
+            "in the child (as vmamba_fast sets it there); or start workers with the 'spawn' or "
+            "'forkserver' method of multiprocessing; or set NUMBA_THREADING_LAYER=workqueue (or "
+            "tbb) in the environment before the parent's first call"
+        )
+
 
 _serial_twins: dict[Callable, Callable] = {}
 
@@ -171,7 +207,9 @@ def threads_for(elements: int) -> Iterator[None]:
     """Run the kernels launched inside on one thread when the problem has fewer than
     `parallel_threshold` elements; otherwise leave Numba's thread count alone. Results do not
     depend on the thread count (tests/test_numba_threads.py), only the time does. Launches from
-    several Python threads are serialised on the workqueue layer (module docstring)."""
+    several Python threads are serialised on the workqueue layer; in a fork child of an OpenMP
+    process, a torch thread count above one raises `ForkAfterOpenMPError` (module docstring)."""
+    _check_fork_child()
     with _exclusive_on_workqueue():
         if elements >= active().parallel_threshold or _forked_from_omp:
             yield
