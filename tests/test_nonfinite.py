@@ -152,10 +152,10 @@ def test_numba_propagates_nan_and_inf_like_the_reference(injection):
     check_backend(selective_scan, "numba", injection)
 
 
-# The torch backend scans dt * u against B in one einsum and the decays with a Hillis-Steele
-# scan: its gradients factor an infinite dt or u out of sums over n whose terms have both signs
-# (+-inf where the reference's sum is NaN), and its products of decays give NaN in dA where the
-# reference has +-inf. Open in vmamba_fast/pytorch/selective_scan.py.
+# The torch backend multiplies dt * u before its einsum with B, so its gradients factor an
+# infinite dt or u out of sums over n whose terms have both signs (+-inf at that step where the
+# reference's sum is NaN), and its dA gradient is NaN where the reference's is +-inf. Open in
+# vmamba_fast/pytorch/selective_scan.py (not this file's to change); strict, so a fix shows.
 TORCH_GROUPS_INFINITIES = pytest.mark.xfail(
     strict=True, reason="torch backend: inf factored out of sums over n (see above)"
 )
