@@ -12,8 +12,20 @@ import threading
 import pytest
 import torch
 
-from vmamba_ref import CheckpointMismatchError, SS2DConfig, VMambaConfig, load_checkpoint, vmamba_mini
-from vmamba_ref.checkpoint import CheckpointCorruptError, load_model, read_checkpoint, read_saved, save_checkpoint
+from vmamba_ref import (
+    CheckpointMismatchError,
+    SS2DConfig,
+    VMambaConfig,
+    load_checkpoint,
+    vmamba_mini,
+)
+from vmamba_ref.checkpoint import (
+    CheckpointCorruptError,
+    load_model,
+    read_checkpoint,
+    read_saved,
+    save_checkpoint,
+)
 
 
 @pytest.fixture()

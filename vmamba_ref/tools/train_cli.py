@@ -54,7 +54,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from vmamba_ref.checkpoint import CheckpointCorruptError, CheckpointMismatchError, load_checkpoint, read_saved, save_checkpoint
+from vmamba_ref.checkpoint import (
+    CheckpointCorruptError,
+    CheckpointMismatchError,
+    load_checkpoint,
+    read_saved,
+    save_checkpoint,
+)
 from vmamba_ref.contract import BACKENDS
 from vmamba_ref.model import MODELS, VMamba
 from vmamba_ref.tools.cli import (
