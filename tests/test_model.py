@@ -184,9 +184,10 @@ def test_unknown_backend_and_override_fail_loudly(monkeypatch):
         vmamba_mini(backend="cuda")
     with pytest.raises(TypeError, match="depthz"):
         vmamba_mini(depthz=(1, 1))
-    import vmamba_ref.contract as backends
+    import vmamba_ref.contract as contract
 
-    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(contract, "_LOADED", {})  # a process that has loaded no backend yet
+    monkeypatch.setattr(contract.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(BackendUnavailableError, match=r"pip install 'vmamba\[numba\]'"):
         vmamba_mini(backend="numba")
 
