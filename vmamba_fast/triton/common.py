@@ -6,7 +6,7 @@
 | `contiguous_or_none`                           |                                             |
 | `route_position`, `route_step`                 | `cross_scan.py`; `ss2d_core.py` (positions) |
 | `softplus`, `softplus_grad`, `step_size`       | the scan kernels, through the chunk pieces  |
-| `combine`, `load_tile`, `load_channel_params`, | the scan kernels of `selective_scan.py` and |
+| `combine`, `decay_complement`, `load_tile`, `load_channel_params`, | the scan kernels of `selective_scan.py` and |
 | `step_maps`, `affine_scan`, `scan_chunk_fwd`, `scan_chunk_bwd` | `ss2d_core.py`: one chunk of the recurrence and of its adjoint |
 
 The scan kernels differ only in addressing: the plain selective scan reads step t of a sequence
@@ -40,6 +40,7 @@ from vmamba_ref.contract import SOFTPLUS_THRESHOLD, BackendUnavailableError, com
 # The contract's softplus threshold, as a constant the kernels can read (a global of a
 # @triton.jit function must be a tl.constexpr).
 _SOFTPLUS_THRESHOLD: tl.constexpr = tl.constexpr(SOFTPLUS_THRESHOLD)
+_SERIES_BELOW: tl.constexpr = tl.constexpr(1e-2)  # |dt A| below which 1 - exp uses its series
 
 # ------------------------------------------------------------------------------------------------
 # Device rules
@@ -149,9 +150,27 @@ def step_size(
 
 
 @triton.jit
-def combine(a_l, b_l, a_r, b_r):
-    """Compose two steps of x -> a x + b, left first: x -> a_r (a_l x + b_l) + b_r."""
-    return a_l * a_r, a_r * b_l + b_r
+def combine(c_l, b_l, c_r, b_r):
+    """Compose two steps of x -> a x + b, left first: x -> a_r (a_l x + b_l) + b_r, each decay
+    held as its complement c = 1 - a.
+
+    The composed decay's complement is 1 - a_l a_r = c_l + c_r (1 - c_l): for decays near 1
+    (small dt |A|) that keeps 1 - a to full precision through every level of the scan, where
+    multiplying the rounded decays loses it a little more at each level. Where the sum is NaN
+    only through infinite complements (A > 0 and an overflowing exp), the product form gives the
+    reference's inf.
+    """
+    c = c_l + c_r * (1.0 - c_l)
+    c = tl.where(c != c, 1.0 - (1.0 - c_l) * (1.0 - c_r), c)
+    return c, (1.0 - c_r) * b_l + b_r
+
+
+@triton.jit
+def decay_complement(x):
+    """1 - exp(x) for x = dt * A, exact to rounding also for small |x|, where 1 - exp(x) in
+    float32 keeps only the digits of x above one ulp of 1 (the series of -expm1 there)."""
+    series = -x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0))))
+    return tl.where(tl.abs(x) < _SERIES_BELOW, series, 1.0 - tl.exp(x))
 
 
 @triton.jit
@@ -179,27 +198,27 @@ def load_channel_params(
 
 
 @triton.jit
-def affine_scan(b_a, b_b, b_carry, BLOCK_T: tl.constexpr):
+def affine_scan(b_a, b_c, b_b, b_carry, BLOCK_T: tl.constexpr):
     """x_j = a_j x_{j-1} + b_j along the last axis of (BD, BN, BT) tiles, x_{-1} = b_carry
-    (BD, BN): a parallel scan under `combine`, with the carry folded into the first step.
-    Returns (every x_j (BD, BN, BT), the last one (BD, BN))."""
+    (BD, BN): a parallel scan under `combine` of the decays' complements c = 1 - a, with the
+    carry folded into the first step. Returns (every x_j (BD, BN, BT), the last one (BD, BN))."""
     o_j = tl.arange(0, BLOCK_T)
     b_in = b_b + tl.where(o_j[None, None, :] == 0, b_a * b_carry[:, :, None], 0.0)
-    _, b_xs = tl.associative_scan((b_a, b_in), axis=2, combine_fn=combine)
+    _, b_xs = tl.associative_scan((b_c, b_in), axis=2, combine_fn=combine)
     b_last = tl.sum(tl.where(o_j[None, None, :] == BLOCK_T - 1, b_xs, 0.0), axis=2)
     return b_xs, b_last
 
 
 @triton.jit
 def step_maps(b_dt, b_u, b_A, b_B, m_dnt):
-    """dA = exp(dt A) and dBu = dt B u, the step x -> dA x + dBu of every (channel, state, step)
-    (BD, BN, BT), from dt, u (BD, BT), A (BD, BN) and B (BN, BT). Outside the mask `m_dnt`
+    """dA = exp(dt A), its complement 1 - dA and dBu = dt B u: the step x -> dA x + dBu of every
+    (channel, state, step) (BD, BN, BT), from dt, u (BD, BT), A (BD, BN) and B (BN, BT). Outside the mask `m_dnt`
     the step is the identity (dA = 1, dBu = 0), even where a padded lane's product of zeros
     with an infinite or NaN value of a real lane would be NaN (0 * inf): padding must not reach
     the sums over channels, states or steps."""
-    b_dA = tl.where(m_dnt, tl.exp(b_dt[:, None, :] * b_A[:, :, None]), 1.0)
+    b_cA = tl.where(m_dnt, decay_complement(b_dt[:, None, :] * b_A[:, :, None]), 0.0)
     b_dBu = tl.where(m_dnt, (b_dt * b_u)[:, None, :] * b_B[None, :, :], 0.0)
-    return b_dA, b_dBu
+    return 1.0 - b_cA, b_cA, b_dBu
 
 
 @triton.jit
@@ -224,8 +243,8 @@ def scan_chunk_fwd(
     b_C = load_tile(p_C, r_bc, o_p, l, m_nt, ACC)  # (BN, BT)
     b_dt, _ = step_size(b_delta, b_delta_bias, m_dt, DELTA_SOFTPLUS, HAS_DELTA_BIAS)
     m_dnt = m_dt[:, None, :] & m_nt[None, :, :]  # (BD, BN, BT)
-    b_dA, b_dBu = step_maps(b_dt, b_u, b_A, b_B, m_dnt)  # (BD, BN, BT) each
-    b_states, b_state = affine_scan(b_dA, b_dBu, b_state, BLOCK_T)  # (BD, BN, BT), (BD, BN)
+    b_dA, b_cA, b_dBu = step_maps(b_dt, b_u, b_A, b_B, m_dnt)  # (BD, BN, BT) each
+    b_states, b_state = affine_scan(b_dA, b_cA, b_dBu, b_state, BLOCK_T)  # (BD, BN, BT), (BD, BN)
     b_y = tl.sum(b_states * b_C[None, :, :], axis=1) + b_D[:, None] * b_u  # (BD, BT)
     return b_y, b_state
 
@@ -264,8 +283,8 @@ def scan_chunk_bwd(
     b_gy = load_tile(p_gy, r_u, o_p, l, m_dt, ACC)  # (BD, BT)
     b_dt, b_z = step_size(b_delta, b_delta_bias, m_dt, DELTA_SOFTPLUS, HAS_DELTA_BIAS)
     m_dnt = m_dt[:, None, :] & m_nt[None, :, :]  # (BD, BN, BT)
-    b_dA, b_dBu = step_maps(b_dt, b_u, b_A, b_B, m_dnt)  # (BD, BN, BT) each
-    b_states, _ = affine_scan(b_dA, b_dBu, b_state, BLOCK_T)  # (BD, BN, BT)
+    b_dA, b_cA, b_dBu = step_maps(b_dt, b_u, b_A, b_B, m_dnt)  # (BD, BN, BT) each
+    b_states, _ = affine_scan(b_dA, b_cA, b_dBu, b_state, BLOCK_T)  # (BD, BN, BT)
 
     # The adjoint, on tiles in reverse time order: g_s = dA_{s+1} g_{s+1} + C_s gy_s.
     m_ds = m_d[:, None] & (o_s < l)[None, :]
@@ -274,12 +293,13 @@ def scan_chunk_bwd(
     b_delta1 = load_tile(p_delta, r_kd, o_ps1, l, m_ds1, ACC)  # (BD, BT)
     b_dt1, _ = step_size(b_delta1, b_delta_bias, m_ds1, DELTA_SOFTPLUS, HAS_DELTA_BIAS)
     m_dns1 = m_ds1[:, None, :] & m_n[None, :, None]  # (BD, BN, BT)
-    b_dA1 = tl.where(m_dns1, tl.exp(b_dt1[:, None, :] * b_A[:, :, None]), 1.0)  # dA_{s+1}
+    b_cA1 = tl.where(m_dns1, decay_complement(b_dt1[:, None, :] * b_A[:, :, None]), 0.0)
+    b_dA1 = 1.0 - b_cA1  # dA_{s+1}
     b_Cs = load_tile(p_C, r_bc, o_ps, l, m_ns, ACC)  # (BN, BT)
     b_gys = load_tile(p_gy, r_u, o_ps, l, m_ds, ACC)  # (BD, BT)
     m_dns = m_ds[:, None, :] & m_ns[None, :, :]  # (BD, BN, BT)
     b_gin = tl.where(m_dns, b_Cs[None, :, :] * b_gys[:, None, :], 0.0)  # (BD, BN, BT)
-    b_grev, b_g = affine_scan(b_dA1, b_gin, b_g, BLOCK_T)  # (BD, BN, BT), (BD, BN)
+    b_grev, b_g = affine_scan(b_dA1, b_cA1, b_gin, b_g, BLOCK_T)  # (BD, BN, BT), (BD, BN)
     b_gs = tl.flip(b_grev, 2)  # (BD, BN, BT), time order, lined up with b_states
 
     # dA_t h_{t-1} (BD, BN, BT), from the states shifted one step, h_{-1} the carried state. Not
