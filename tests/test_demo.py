@@ -32,8 +32,10 @@ def test_demo_says_when_it_compiles_the_numba_kernels(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_reaches_90_percent_on_the_reference_backend(tmp_path, capsys):
-    assert main(["demo", "--backend", "ref", "--out", str(tmp_path)]) == 0
+def test_demo_reaches_90_percent_as_users_run_it(tmp_path, capsys):
+    """The README's demo on its default backend, numba (ref and torch train the same model:
+    the backends' equality is tested elsewhere; ref takes half again as long)."""
+    assert main(["demo", "--backend", "numba", "--out", str(tmp_path)]) == 0
     accuracy = float(re.search(r"test accuracy: ([\d.]+)%", capsys.readouterr().out).group(1))
     assert accuracy >= 90.0
 
