@@ -25,8 +25,7 @@ FACTOR = 10  # how much looser (or tighter) than the table a per-call tolerance 
 def mamba_style(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                 return_last_state=False):  # fmt: skip
     """mamba_ssm's signature and defaults, on the reference; no initial_state."""
-    assert z is None
-    return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, None, return_last_state)
+    return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, None, return_last_state, z=z)
 
 
 def positional_only(u, delta, A, B, C, /, D=None, delta_bias=None, delta_softplus=True):
@@ -211,3 +210,47 @@ def test_report_counts_nonfinite_mismatches_and_prints_float64_digits():
     report = mismatch_report("output", fast, ref, Rule(tolerance(torch.float64)))
     assert "1.000000001" in report
     assert "1 non-finite mismatch" in report
+
+
+ALL_LAYOUTS = Capabilities(layouts=("grouped", "variable", "constant"))
+
+
+def test_a_kernel_with_a_gate_is_tested_with_it_and_a_dropped_gate_is_caught():
+    """`z` in the signature: the kit draws the gate (the reference applies y * silu(z))."""
+    report = check_selective_scan(mamba_style, max_examples=EXAMPLES * 3)
+    assert not any("gate" in s for s in report.skipped)
+
+    def drops_the_gate(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):  # fmt: skip
+        return mamba_style(u, delta, A, B, C, D, None, delta_bias, delta_softplus, return_last_state)
+
+    with pytest.raises(KernelMismatchError):
+        check_selective_scan(drops_the_gate, max_examples=EXAMPLES * 3)
+
+
+def test_every_layout_of_B_and_C_when_stated_and_a_wrong_constant_B_is_caught():
+    report = check_selective_scan(mamba_style, capabilities=ALL_LAYOUTS, max_examples=EXAMPLES * 4)
+    assert report.examples > 0
+
+    def first_channel_B(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                        return_last_state=False):  # fmt: skip
+        if B.dim() == 2:  # bug: a constant B read as one row for every channel
+            B = B[:1].expand_as(B)
+        return mamba_style(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+    with pytest.raises(KernelMismatchError):
+        check_selective_scan(first_channel_B, capabilities=ALL_LAYOUTS, max_examples=EXAMPLES * 8)
+    # Unstated, the kit draws VMamba's grouped layout only, and the bug goes unseen.
+    check_selective_scan(first_channel_B, max_examples=EXAMPLES)
+
+
+def test_the_cases_hold_each_layout_and_refuse_a_mixed_pair_of_group_counts():
+    for layout, dims in (("grouped", 4), ("variable", 3), ("constant", 2)):
+        case = SelectiveScanCase(batch=1, routes=1, channels=2, length=5, state=3, B_layout=layout,
+                                 C_layout=layout, with_z=True)  # fmt: skip
+        inputs = case.build()
+        assert inputs["B"].dim() == inputs["C"].dim() == dims and inputs["z"].shape == (1, 2, 5)
+    with pytest.raises(ValueError, match="routes must be 1"):
+        SelectiveScanCase(batch=1, routes=4, channels=1, length=3, state=2, B_layout="variable")
+    with pytest.raises(ValueError, match="Capabilities.layouts"):
+        Capabilities(layouts=("dense",))

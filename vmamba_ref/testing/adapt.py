@@ -39,7 +39,9 @@ from vmamba_ref.testing.runs import reference_for
 FEATURES = {
     "initial_state": "initial state (fn has no `initial_state` parameter)",
     "return_last_state": "last state (fn has no `return_last_state` parameter)",
+    "z": "gate z (fn has no `z` parameter)",
 }
+_LAYOUT_OF_DIM = {4: "grouped", 3: "variable", 2: "constant"}  # B, C by their number of dims
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class Capabilities:
     initial_state: bool | None = None  # accepts `initial_state` (b, k*d, n)
     last_state: bool | None = None  # accepts `return_last_state=True`
     gradients: bool | None = None  # supports autograd; False: compare outputs only
+    layouts: tuple[str, ...] | None = None  # B/C layouts it takes; None: "grouped" only
+    gate: bool | None = None  # takes the gate `z` (b, k*d, l); None: read from the signature
 
     def __post_init__(self) -> None:
         if self.state_sizes is not None:
@@ -66,6 +70,13 @@ class Capabilities:
                 )
         if self.dtypes is not None and not self.dtypes:
             raise ValueError("Capabilities.dtypes must name at least one dtype, or be None")
+        if self.layouts is not None and (
+            not self.layouts or any(x not in _LAYOUT_OF_DIM.values() for x in self.layouts)
+        ):
+            raise ValueError(
+                f"Capabilities.layouts must name some of {list(_LAYOUT_OF_DIM.values())}, "
+                f"got {self.layouts!r}"
+            )
 
 
 def _parameters(fn: Callable[..., Any]) -> tuple[set[str], bool]:
@@ -107,6 +118,8 @@ def capabilities_from_signature(
         initial_state=infer(given.initial_state, "initial_state"),
         last_state=infer(given.last_state, "return_last_state"),
         gradients=given.gradients,
+        layouts=given.layouts,
+        gate=infer(given.gate, "z"),
     )
 
 
@@ -139,6 +152,13 @@ def unsupported(
         reasons.append("initial state (Capabilities.initial_state=False)")
     if caps.last_state is False and inputs.get("return_last_state"):
         reasons.append("last state (Capabilities.last_state=False)")
+    if caps.gate is False and inputs.get("z") is not None:
+        reasons.append("gate z (Capabilities.gate=False)")
+    for name in ("B", "C"):
+        value = inputs.get(name)
+        layout = _LAYOUT_OF_DIM.get(value.dim()) if isinstance(value, torch.Tensor) else None
+        if layout is not None and layout not in (caps.layouts or ("grouped",)):
+            reasons.append(f"{name} in the {layout!r} layout (Capabilities.layouts={caps.layouts})")
     A = inputs.get("A")
     if caps.state_sizes is not None and isinstance(A, torch.Tensor) and A.dim() == 2:
         low, high = caps.state_sizes

@@ -44,6 +44,10 @@ from vmamba_ref.contract import compute_dtype
 
 Init = Literal["mamba", "random", "zero", "tiny_step", "huge_step"]
 INITS: tuple[str, ...] = get_args(Init)
+# Layouts of B and C, as mamba_ssm's selective_scan_fn takes them: one per group of channels
+# (b, g, n, l) (VMamba's, g = k routes), one for all channels (b, n, l), or constant (k*d, n).
+ProjectionLayout = Literal["grouped", "variable", "constant"]
+PROJECTION_LAYOUTS: tuple[str, ...] = get_args(ProjectionLayout)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 ROUTES = 4  # k of the cross-scan
@@ -225,6 +229,16 @@ def _check_case(case: object) -> None:
     init = getattr(case, "init", "mamba")
     if init not in INITS:
         raise ValueError(f"{name}.init must be one of {list(INITS)}, got {init!r}")
+    for field in ("B_layout", "C_layout"):
+        layout = getattr(case, field, "grouped")
+        if layout not in PROJECTION_LAYOUTS:
+            raise ValueError(f"{name}.{field} must be one of {list(PROJECTION_LAYOUTS)}, got {layout!r}")
+    pair = {getattr(case, "B_layout", "grouped"), getattr(case, "C_layout", "grouped")}
+    if pair == {"grouped", "variable"} and getattr(case, "routes", 1) > 1:
+        raise ValueError(
+            f"{name}: a variable B or C has one group, so beside a grouped one routes must be 1, "
+            f"got routes={case.routes}"  # type: ignore[attr-defined]
+        )
 
 
 def _finish(arguments: dict[str, Any], case: Any, grad_names: tuple[str, ...]) -> KernelInputs:
@@ -297,14 +311,16 @@ class CrossMergeCase:
         return _finish({"ys": ys}, self, ("ys",))
 
 
-_SCAN_GRAD = ("u", "delta", "A", "B", "C", "D", "delta_bias", "initial_state")
+_SCAN_GRAD = ("u", "delta", "A", "B", "C", "D", "delta_bias", "initial_state", "z")
 
 
 @dataclass(frozen=True)
 class SelectiveScanCase:
     """Arguments of `selective_scan`: u, delta (batch, routes*channels, length); A
-    (routes*channels, state); B, C (batch, routes, state, length); optional D, delta_bias,
-    initial_state; flags delta_softplus and return_last_state."""
+    (routes*channels, state); B, C (batch, routes, state, length) in the "grouped" layout,
+    (batch, state, length) "variable" or (routes*channels, state) "constant"; optional D,
+    delta_bias, initial_state and the gate z (batch, routes*channels, length); flags
+    delta_softplus and return_last_state."""
 
     batch: int
     routes: int
@@ -322,6 +338,9 @@ class SelectiveScanCase:
     noncontiguous: tuple[str, ...] = ()
     seed: int = 0
     device: str = "cpu"
+    B_layout: str = "grouped"  # a ProjectionLayout
+    C_layout: str = "grouped"  # a ProjectionLayout
+    with_z: bool = False  # the gate: y * silu(z), as mamba_ssm's selective_scan_fn
 
     def __post_init__(self) -> None:
         _check_case(self)
@@ -341,15 +360,26 @@ class SelectiveScanCase:
             "u": u.to(data),
             "delta": p.delta.to(data),
             "A": p.A.to(param),
-            "B": B.to(data),
-            "C": C.to(data),
+            "B": self._projection(gen, B, self.B_layout).to(param if self.B_layout == "constant" else data),
+            "C": self._projection(gen, C, self.C_layout).to(param if self.C_layout == "constant" else data),
             "D": p.D.to(param) if self.with_D else None,
             "delta_bias": None if p.delta_bias is None else p.delta_bias.to(param),
             "delta_softplus": self.delta_softplus,
             "initial_state": h0.to(param) if self.with_initial_state else None,
             "return_last_state": self.return_last_state,
         }
+        if self.with_z:  # drawn last, so cases without a gate keep their values
+            arguments["z"] = _uniform(gen, (b, kd, l), -2.0, 2.0).to(data)  # (b, k*d, l)
         return _finish(arguments, self, _SCAN_GRAD)
+
+    def _projection(self, gen: torch.Generator, grouped: torch.Tensor, layout: str) -> torch.Tensor:
+        """B or C in `layout`, from its grouped draw (b, k, n, l): the first group's for all
+        channels (b, n, l), or a fresh constant (k*d, n)."""
+        if layout == "grouped":
+            return grouped  # (b, k, n, l)
+        if layout == "variable":
+            return grouped[:, 0]  # (b, n, l)
+        return _uniform(gen, (self.routes * self.channels, self.state), -1.0, 1.0)  # (k*d, n)
 
 
 @dataclass(frozen=True)

@@ -282,6 +282,10 @@ def _default_strategy(
         if caps.last_state is False:
             options["return_last_state"] = False
             pinned.append("last state: not supported (no `return_last_state` parameter, or stated)")
+        if caps.layouts is not None:  # unstated: VMamba's grouped B and C only, as drawn before
+            options["layouts"] = caps.layouts
+        if caps.gate:
+            options["with_z"] = None  # drawn: with and without the gate
     if op in ("selective_scan", "ss2d_core") and caps.state_sizes is not None:
         low, high = caps.state_sizes
         options["max_state"] = min(high, max(low, 4))  # n below `low` is skipped per example

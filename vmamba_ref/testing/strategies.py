@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from vmamba_ref.testing.cases import (
     FLOAT_DTYPES,
     INITS,
+    PROJECTION_LAYOUTS,
     CrossMergeCase,
     CrossScanCase,
     KernelInputs,
@@ -159,6 +160,17 @@ def cross_merge_inputs(
     return draw_case().map(lambda case: case.build())
 
 
+def _projection_layouts(draw: st.DrawFn, layouts: tuple[str, ...], groups: int) -> dict[str, str]:
+    """B's and C's layouts: drawn when there is a choice. A variable B or C has one group, so
+    beside a grouped one of more groups it takes that one's layout (as mamba_ssm requires)."""
+    if len(layouts) == 1:
+        return {"B_layout": layouts[0], "C_layout": layouts[0]}
+    B_layout, C_layout = draw(st.sampled_from(layouts)), draw(st.sampled_from(layouts))
+    if groups > 1 and {B_layout, C_layout} == {"grouped", "variable"}:
+        B_layout = C_layout = "grouped"
+    return {"B_layout": B_layout, "C_layout": C_layout}
+
+
 def selective_scan_inputs(
     *,
     dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES,
@@ -176,10 +188,14 @@ def selective_scan_inputs(
     requires_grad: bool = False,
     contiguous: bool | None = None,
     device: str = "cpu",
+    layouts: Sequence[str] = ("grouped",),
+    with_z: bool | None = False,
 ) -> st.SearchStrategy[KernelInputs]:
     """Keyword arguments for `selective_scan`: u, delta (b, k*d, l), A (k*d, n), B, C (b, k, n, l),
     D, delta_bias (k*d,) or None, initial_state (b, k*d, n) or None, delta_softplus,
-    return_last_state.
+    return_last_state; with `layouts` beyond "grouped", B and C each in a layout drawn from them
+    ("variable" (b, n, l), "constant" (k*d, n)); with `with_z` (None: drawn) the gate z
+    (b, k*d, l).
 
     b <= max_batch, k drawn from `routes`, d <= max_channels (channels per route),
     l <= max_length, n <= max_state. The `with_*`, `delta_softplus` and `return_last_state`
@@ -200,6 +216,9 @@ def selective_scan_inputs(
         _check_bound(fn, "routes", k)
     dtypes = _check_dtypes(fn, dtypes)
     inits = _check_inits(fn, inits)
+    layouts = tuple(layouts)
+    if not layouts or any(layout not in PROJECTION_LAYOUTS for layout in layouts):
+        raise ValueError(f"{fn}: `layouts` must name some of {list(PROJECTION_LAYOUTS)}, got {layouts!r}")
     tensors = ("u", "delta", "A", "B", "C", "D", "delta_bias", "initial_state")
 
     @st.composite
@@ -240,6 +259,9 @@ def selective_scan_inputs(
             noncontiguous=_layout(draw, contiguous, present),
             seed=draw(_seeds),
             device=str(device),
+            # Drawn last, and only when there is a choice, so the default cases stay as they were.
+            **_projection_layouts(draw, layouts, k),
+            with_z=_flag(draw, with_z),
         )
 
     return draw_case().map(lambda case: case.build())
