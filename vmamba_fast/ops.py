@@ -207,8 +207,7 @@ def _core_backward(ctx, dy: Tensor):
     return (*(None if t is None else g for g, t in zip(grads, inputs, strict=True)), None)
 
 
-
-class UnsupportedTransformError(NotImplementedError):
+class UnsupportedTransformError(RuntimeError):
     """A `vmamba::` operator met an autograd mode it has no formula for: forward-mode AD
     (`torch.autograd.forward_ad`, `torch.func.jvp`) or reverse mode inside a `torch.func`
     transform (`grad`, `jacrev`, `vmap` over `grad`)."""
