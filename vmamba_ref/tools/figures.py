@@ -7,6 +7,10 @@
   `digit_model` (VMamba-mini trained briefly on scikit-learn's digits, as the tutorial's first
   page does) on one test digit, in each route's order and put back on the grid.
 - `vss_block_figure`: the VSS block and its SS2D as boxes and arrows.
+- `route_dependence_figure`, `selectivity_figure`, `memory_length_figure`: the evidence of the
+  routes, selective and SSM pages, from `vmamba_ref.tools.evidence`.
+- `kernel_tutorial_timings_figure`: the kernel tutorial's Numba scan timed against the reference
+  and the `"numba"` backend (`vmamba_ref.tools.kernel_tutorial`; needs Numba).
 
 Run `python -m vmamba_ref.tools.figures OUT_DIR` to write them all.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import get_args
@@ -29,6 +34,12 @@ from vmamba_ref.selective_scan import selective_scan
 from vmamba_ref.ss2d_core import ss2d_core
 from vmamba_ref.tools.data import load_digits
 from vmamba_ref.tools.erf import effective_receptive_field, plot_erf, prepare_image, sample_photos
+from vmamba_ref.tools.evidence import (
+    impulse_response,
+    memory_length,
+    scan_jacobian,
+    selectivity_example,
+)
 from vmamba_ref.tools.plots import _pyplot
 from vmamba_ref.tools.train import TrainConfig, fit
 
@@ -236,6 +247,109 @@ def vss_block_figure(path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def route_dependence_figure(path: str | Path, h: int = 6, w: int = 6, i: int = 2, j: int = 3) -> Path:
+    """What the output at grid position (i, j) depends on, scanned along route 0 only and along
+    all four routes: |d y[p] / d x[q]| on the grid, then the whole (l, l) dependence pattern
+    J[p, q] != 0, from `evidence.scan_jacobian`."""
+    plt = _pyplot()
+    p = i * w + j
+    cases = {"route 0 only (row-major)": [0], "all four routes": list(range(ROUTES))}
+    fig, axes = plt.subplots(1, 4, figsize=(15, 4.0), layout="constrained")
+    for col, (name, routes) in enumerate(cases.items()):
+        J = scan_jacobian(h, w, routes)  # (l, l)
+        grad = J[p].abs().view(h, w)
+        shown = torch.where(grad > 0, grad.log10(), torch.tensor(float("nan"), dtype=grad.dtype))
+        ax = axes[col]
+        image = ax.imshow(shown, cmap="viridis")
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="crimson", lw=2.5))
+        ax.set_title(f"{name}:\nlog10 |d y(p) / d x| on the grid, p = ({i}, {j})", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(image, ax=ax, shrink=0.75)
+        ax = axes[2 + col]
+        ax.imshow(J != 0, cmap="Greys", vmin=0, vmax=1.6)
+        ax.set_title(f"{name}:\nJ[p, q] != 0 over all {h * w} positions", fontsize=10)
+        ax.set_xlabel("input position q (row-major)")
+        ax.set_ylabel("output position p")
+    fig.suptitle(f"Which inputs each output depends on, {h}x{w} grid (blank: exactly zero)")
+    return _save(fig, path)
+
+
+def selectivity_figure(path: str | Path) -> Path:
+    """h_t of one channel for two inputs that differ only before a marker, with a fixed step size
+    and with a large one at the marker (left); and an input spike written with the fixed step
+    size or ignored through a tiny one (right). From `evidence.selectivity_example`."""
+    plt = _pyplot()
+    ex = selectivity_example()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.0), layout="constrained")
+    colours = plt.get_cmap("tab10")
+    for row, label in enumerate(("first input", "second input")):
+        left.plot(ex.t, ex.fixed[row], color=colours(row), ls="--", lw=1.2,
+                  label=f"{label}, dt = {ex.dt_bias} everywhere")
+        left.plot(ex.t, ex.reset[row], color=colours(row), lw=2, label=f"{label}, large dt at t = {ex.marker}")
+    left.axvline(ex.marker, color="gray", ls=":")
+    left.set(xlabel="step t", ylabel="state h_t",
+             title=f"reset: the inputs differ before t = {ex.marker} only")
+    left.legend(fontsize=8)
+    right.plot(ex.t, ex.fixed[0], color=colours(0), ls="--", lw=1.2, label=f"dt = {ex.dt_bias} at the spike")
+    right.plot(ex.t, ex.ignore[0], color=colours(2), lw=2, label="dt about 1e-7 at the spike")
+    right.axvline(ex.spike, color="gray", ls=":")
+    right.set(xlabel="step t", ylabel="state h_t", title=f"ignore: an input spike (+25) at t = {ex.spike}")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle("Selectivity: the step size dt_t decides what enters the state and when it is forgotten (a = -1, n = 1)")
+    return _save(fig, path)
+
+
+def memory_length_figure(path: str | Path, length: int = 1000) -> Path:
+    """How long an impulse survives: h_t / h_0 = exp(dt a)^t for a few step sizes (left), and the
+    first step below 1/e measured from the reference scan against 1 / (dt |a|) (right)."""
+    plt = _pyplot()
+    a = -1.0
+    dts = torch.logspace(-2.9, -0.1, 15, dtype=torch.float64)
+    measured = memory_length(impulse_response(dts.tolist(), a, length))
+    shown = [0.005, 0.02, 0.1]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.0), layout="constrained")
+    for dt, response in zip(shown, impulse_response(shown, a, 400), strict=True):
+        line, = left.plot(response, lw=1.8, label=f"dt = {dt}: 1 / (dt |a|) = {1 / (dt * -a):.0f} steps")
+        left.axvline(1 / (dt * -a), color=line.get_color(), ls=":")
+    left.axhline(float(torch.exp(torch.tensor(-1.0))), color="gray", ls="--", label="1/e")
+    left.set(xlabel="step t after the impulse", ylabel="h_t / h_0", title=f"impulse response, a = {a:g}")
+    left.legend(fontsize=8)
+    right.loglog(dts, 1 / (dts * -a), color="gray", label="1 / (dt |a|)")
+    right.loglog(dts, measured, "o", color="crimson", label="measured: first step below 1/e")
+    right.axvspan(0.001, 0.1, color="teal", alpha=0.1, label="Mamba's initial dt range")
+    right.set(xlabel="step size dt", ylabel="steps", title="memory length against dt")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def kernel_tutorial_timings_figure(path: str | Path, lengths: tuple[int, ...] = (256, 1024, 4096)) -> Path:
+    """Seconds per call of the reference loop, the kernel tutorial's Numba scan and the `"numba"`
+    backend, against the sequence length (`kernel_tutorial.time_scans`); per element on the right."""
+    from vmamba_ref.tools.kernel_tutorial import (
+        time_scans,  # needs Numba, which only this figure uses
+    )
+
+    plt = _pyplot()
+    channels = 64
+    seconds = time_scans(lengths, channels=channels)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.0), layout="constrained")
+    for name, times in seconds.items():
+        left.loglog(lengths, times, "o-", label=name)
+        right.loglog(lengths, [1e9 * s / (channels * l) for s, l in zip(times, lengths, strict=True)], "o-", label=name)
+    left.set(xlabel="sequence length l", ylabel="seconds per call", title=f"forward scan, b = 1, k*d = {channels}, n = 1")
+    right.set(xlabel="sequence length l", ylabel="ns per channel and step", title="per element")
+    for ax in (left, right):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Best of 5 calls (the reference: 1), {os.cpu_count()} CPU core(s), float32 inputs")
+    return _save(fig, path)
+
+
 def _save(fig, path: str | Path) -> Path:
     plt = _pyplot()
     path = Path(path)
@@ -251,6 +365,10 @@ FIGURES = {
     "digit_routes.png": digit_routes_figure,
     "digit_cross_merge.png": digit_cross_merge_figure,
     "vss_block.png": vss_block_figure,
+    "route_dependence.png": route_dependence_figure,
+    "selectivity.png": selectivity_figure,
+    "memory_length.png": memory_length_figure,
+    "kernel_tutorial_timings.png": kernel_tutorial_timings_figure,
 }
 """File name -> function(path) for every figure of the documentation."""
 
