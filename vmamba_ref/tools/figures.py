@@ -254,7 +254,7 @@ def route_dependence_figure(path: str | Path, h: int = 6, w: int = 6, i: int = 2
     plt = _pyplot()
     p = i * w + j
     cases = {"route 0 only (row-major)": [0], "all four routes": list(range(ROUTES))}
-    fig, axes = plt.subplots(1, 4, figsize=(15, 4.0), layout="constrained")
+    fig, axes = plt.subplots(1, 4, figsize=(15, 4.6), layout="constrained")
     for col, (name, routes) in enumerate(cases.items()):
         J = scan_jacobian(h, w, routes)  # (l, l)
         grad = J[p].abs().view(h, w)
@@ -344,7 +344,9 @@ def kernel_tutorial_timings_figure(path: str | Path, lengths: tuple[int, ...] = 
     left.set(xlabel="sequence length l", ylabel="seconds per call", title=f"forward scan, b = 1, k*d = {channels}, n = 1")
     right.set(xlabel="sequence length l", ylabel="ns per channel and step", title="per element")
     for ax in (left, right):
-        ax.grid(alpha=0.3, which="both")
+        ax.set_xticks(lengths, labels=[str(l) for l in lengths])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Best of 5 calls (the reference: 1), {os.cpu_count()} CPU core(s), float32 inputs")
     return _save(fig, path)

@@ -9,7 +9,7 @@ inside, every step read from and written to memory once. Mamba section 3.2, algo
 
 | name                 | what it is                                                                 |
 |----------------------|----------------------------------------------------------------------------|
-| `scan_fwd_kernel`    | the Numba kernel, float64, serial                                          |
+| `scan_fwd_kernel`    | the Numba kernel, float64, serial, compiled for `SIGNATURE` on import      |
 | `selective_scan_fwd` | its launcher, with the reference's signature (no initial or last state)    |
 | `plant_bug`          | the kernel recompiled with one line of its source replaced: a launcher too |
 | `time_scans`         | seconds per call of the reference, this kernel and the `"numba"` backend   |
@@ -41,7 +41,16 @@ except ModuleNotFoundError as error:  # an optional dependency: say what to inst
     ) from error
 
 
-@numba.njit(cache=True)
+# The kernel's argument types: float64 C-contiguous arrays (`::1` marks the unit-stride last
+# axis) u, delta (b, k*d, l); A (k*d, n); B, C (b, k, n, l); D, delta_bias (k*d,); a bool
+# delta_softplus; y (b, k*d, l). With them, njit compiles when the module is imported.
+SIGNATURE = (
+    "void(f8[:, :, ::1], f8[:, :, ::1], f8[:, ::1], f8[:, :, :, ::1], f8[:, :, :, ::1], "
+    "f8[::1], f8[::1], b1, f8[:, :, ::1])"
+)
+
+
+@numba.njit(SIGNATURE, cache=True)
 def scan_fwd_kernel(u, delta, A, B, C, D, delta_bias, delta_softplus, y):
     """Write y[i_b, c, t] for every batch, channel and step: the recurrence of one channel at a
     time, its state h in a small local array.
@@ -116,7 +125,7 @@ def plant_bug(old: str, new: str) -> Callable[..., torch.Tensor]:
     body = source.replace(old, new).split("\n", 1)[1]  # without the decorator: no cache for it
     namespace = {"np": np}
     exec(compile(body, f"<scan_fwd_kernel with {new!r}>", "exec"), namespace)
-    kernel = numba.njit(namespace["scan_fwd_kernel"])
+    kernel = numba.njit(SIGNATURE)(namespace["scan_fwd_kernel"])  # compiled here, now
 
     def planted_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
         return launch(kernel, u, delta, A, B, C, D, delta_bias, delta_softplus)
