@@ -61,7 +61,9 @@ def site(tmp_path_factory):
 
 def test_strict_build_draws_the_figures(site):
     figures = {"routes.png": "routes", "erf_initializations.png": "../erf",
-               "digit_routes.png": "routes", "digit_cross_merge.png": "cross_merge", "vss_block.png": "ss2d_block"}
+               "digit_routes.png": "routes", "digit_cross_merge.png": "cross_merge", "vss_block.png": "ss2d_block",
+               "route_dependence.png": "routes", "selectivity.png": "selective", "memory_length.png": "ssm",
+               "kernel_tutorial_timings.png": "../kernel_tutorial"}
     for name, page in figures.items():
         assert (site / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         html = (site / "tutorial" / page / "index.html").read_text()
