@@ -11,6 +11,8 @@
 | `erf`, `erf_cli`          | effective receptive fields; `vmamba erf`                         |
 | `export`                  | torch.export and ONNX                                            |
 | `plots`, `figures`        | matplotlib plots and the docs' figures                           |
+| `evidence`                | the measurements behind the tutorial's claims and figures        |
+| `kernel_tutorial`         | the kernel tutorial's Numba scan (docs/kernel_tutorial.md)       |
 
 Arrows: these modules import the network (`vmamba_ref.model`, ...) and the contract; nothing in
 the network, the oracle or `vmamba_fast` imports them.
