@@ -84,19 +84,17 @@ def launch(
     kd = u.shape[1]
     zeros = torch.zeros(kd, dtype=torch.float64)  # D or delta_bias absent: add nothing
 
-    def array(x: torch.Tensor | None) -> np.ndarray:  # numpy copies: no torch thread pool woken
+    def array(x: torch.Tensor | None) -> np.ndarray:
         x = zeros if x is None else x.detach()
-        x = (
-            x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float64)
-        )  # numpy has no bfloat16
-        return np.ascontiguousarray(x.numpy(), dtype=np.float64)
+        if x.dtype not in (torch.float32, torch.float64):  # numpy has no bfloat16
+            x = x.to(torch.float64)
+        return np.ascontiguousarray(x.numpy(), dtype=np.float64)  # copied by numpy, one thread
 
     y = np.empty(u.shape)  # (b, k*d, l) float64; the kernel writes every element
     kernel(array(u), array(delta), array(A), array(B), array(C), array(D), array(delta_bias),
            bool(delta_softplus), y)  # fmt: skip
-    return torch.from_numpy(
-        y if u.dtype == torch.float64 else y.astype(np.float32)
-    )  # contract.compute_dtype
+    y = y if u.dtype == torch.float64 else y.astype(np.float32)  # contract.compute_dtype's rule
+    return torch.from_numpy(y)
 
 
 def selective_scan_fwd(
