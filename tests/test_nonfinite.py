@@ -58,11 +58,6 @@ class Injection:
     value: float
 
     @property
-    def infinite_step_term(self) -> bool:
-        """An infinite dt_t or u_t (not delta = -inf, which makes dt_t = 0)."""
-        return self.value == INF or (self.name == "u" and self.value == -INF)
-
-    @property
     def id(self) -> str:
         return f"{self.name}-{self.value}-at-{self.step}"
 
@@ -152,21 +147,11 @@ def test_numba_propagates_nan_and_inf_like_the_reference(injection):
     check_backend(selective_scan, "numba", injection)
 
 
-# The torch backend multiplies dt * u before its einsum with B, so its gradients factor an
-# infinite dt or u out of sums over n whose terms have both signs (+-inf at that step where the
-# reference's sum is NaN), and its dA gradient is NaN where the reference's is +-inf. Open in
-# vmamba_fast/pytorch/selective_scan.py (not this file's to change); strict, so a fix shows.
-TORCH_GROUPS_INFINITIES = pytest.mark.xfail(
-    strict=True, reason="torch backend: inf factored out of sums over n (see above)"
-)
-TORCH_INJECTIONS = [
-    pytest.param(c, marks=TORCH_GROUPS_INFINITIES) if c.infinite_step_term else c
-    for c in INJECTIONS
-]
-
-
-@pytest.mark.parametrize("injection", TORCH_INJECTIONS, ids=IDS)
+@pytest.mark.parametrize("injection", INJECTIONS, ids=IDS)
 def test_torch_propagates_nan_and_inf_like_the_reference(injection):
+    """An infinite dt_t or u_t (u = +-inf, delta = +inf) is the case that autograd through the
+    odd-even scan got wrong: +-inf where the loop's sum over n is NaN, NaN in dA where the loop's
+    is +-inf. The backend's `StateRecurrence` forms the loop's products instead."""
     from vmamba_fast.pytorch import selective_scan
 
     check_backend(selective_scan, "torch", injection)

@@ -16,10 +16,13 @@ the Numba and Triton kernels; its purpose is portability.
 from __future__ import annotations
 
 from vmamba_fast.pytorch.cross_scan import cross_merge, cross_scan, cross_scan_routes
-from vmamba_fast.pytorch.selective_scan import linear_recurrence, selective_scan
+from vmamba_fast.pytorch.selective_scan import linear_recurrence, scan_states, selective_scan
 from vmamba_fast.pytorch.ss2d_core import ss2d_core
 from vmamba_ref.contract import ScanOps
 
 OPS = ScanOps("torch", cross_scan, cross_merge, selective_scan, ss2d_core)  # what get_ops("torch") returns
 
-__all__ = ["cross_merge", "cross_scan", "cross_scan_routes", "linear_recurrence", "selective_scan", "ss2d_core"]
+__all__ = [
+    "cross_merge", "cross_scan", "cross_scan_routes", "linear_recurrence", "scan_states",
+    "selective_scan", "ss2d_core",
+]  # fmt: skip

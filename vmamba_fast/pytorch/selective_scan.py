@@ -20,12 +20,27 @@ dt A, so composing steps adds exponents (exact to rounding however close a is to
 decay is exponentiated where it is applied; only decays in (0, 1] multiply, and nothing is ever
 divided: at any step size the products can only underflow
 towards 0, which is the true value, so no NaN appears where the loop has none (unlike the
-chunked closed form h_t = e^{S_t} sum_s e^{-S_s} dBu_s, whose e^{-S_s} overflows). The gradient
-is what autograd derives from these same products and sums.
+chunked closed form h_t = e^{S_t} sum_s e^{-S_s} dBu_s, whose e^{-S_s} overflows).
+
+The gradient is not autograd's derivative of the odd-even levels: that one sums each decay's
+gradient from several levels, and where an input is infinite those partial sums are +inf and
+-inf, a NaN where the loop's gradient is +-inf. `scan_states` (an `autograd.Function`) instead
+forms the loop's own products. Its backward runs the adjoint recurrence with the same parallel
+scan, backwards in time,
+
+    g_t = dL/dh_t + dA_{t+1} g_{t+1},     dL/ddBu_t = g_t,     dL/d(dt_t A) = g_t h_{t-1} dA_t,
+
+and dBu_t = (dt_t B_t) u_t is formed as the loop forms it, so that no infinite dt_t or u_t is
+factored out of a sum over n whose terms have both signs. NaN and infinity then reach every
+gradient exactly where they reach the reference's (tests/test_nonfinite.py). The backward is one
+more parallel scan, three flips and a few elementwise products: at VMamba-T stage 1 the
+forward and backward take what autograd through the levels took, to within the noise of a
+shared CPU.
 
 Each level is made of slicing, padding, stacking and elementwise arithmetic on static shapes,
-so `torch.compile`, `torch.export` and the ONNX exporter trace it without custom ops; the
-recursion unrolls into about 2 log2(l) levels at trace time (25 for l = 3136).
+so `torch.compile`, `torch.export` and the ONNX exporter trace it without custom ops (the
+`autograd.Function` is traced through); the recursion unrolls into about 2 log2(l) levels at
+trace time (25 for l = 3136).
 
 Layouts and the dtype rule are `vmamba_ref.selective_scan`'s: u, delta (b, k*d, l); A (k*d, n);
 B, C (b, k, n, l); D, delta_bias (k*d,); float32 computation and output for float16, bfloat16
@@ -75,6 +90,73 @@ def linear_recurrence(log_decay: torch.Tensor, drive: torch.Tensor) -> torch.Ten
     return states[..., 1:] if odd_length else states  # (..., l)
 
 
+def _previous_states(states: torch.Tensor, initial_state: torch.Tensor | None) -> torch.Tensor:
+    """h_{t-1} at every step: (..., l) -> (..., l), h_{-1} the initial state or zeros."""
+    if initial_state is None:
+        return F.pad(states[..., :-1], (1, 0))  # (..., l), h_{-1} = 0
+    return torch.cat([initial_state[..., None], states[..., :-1]], dim=-1)  # (..., l)
+
+
+class StateRecurrence(torch.autograd.Function):
+    """h_t = exp(log_decay_t) h_{t-1} + drive_t from h_{-1} = initial_state, solved by
+    `linear_recurrence`, differentiated in the loop's products (see the module docstring).
+
+    The forward does not record the odd-even levels for autograd; the backward and the
+    forward-mode derivative are each one more `linear_recurrence` and elementwise products, so
+    `torch.func` (grad, vmap, jvp) and `torch.compile` trace them, and the backward is itself
+    differentiable.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        log_decay: torch.Tensor, drive: torch.Tensor, initial_state: torch.Tensor | None
+    ) -> torch.Tensor:
+        if initial_state is not None:  # fold h_{-1} into the first step: dA_0 h_{-1} + dBu_0
+            decayed = torch.exp(log_decay[..., :1]) * initial_state[..., None]  # (..., 1)
+            drive = torch.cat([decayed + drive[..., :1], drive[..., 1:]], dim=-1)  # (..., l)
+        return linear_recurrence(log_decay, drive)  # (..., l)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        log_decay, _, initial_state = inputs
+        ctx.save_for_backward(log_decay, output, initial_state)
+        ctx.save_for_forward(log_decay, output, initial_state)
+
+    @staticmethod
+    def backward(ctx, grad_states: torch.Tensor):
+        log_decay, states, initial_state = ctx.saved_tensors
+        decay = torch.exp(log_decay)  # (..., l): dA_t
+        # The adjoint g_t = grad_t + dA_{t+1} g_{t+1} is the same recurrence read backwards in
+        # time; dA_l multiplies g_l = 0, so its exponent is padded with 0.
+        log_next = F.pad(log_decay[..., 1:], (0, 1))  # (..., l): log dA_{t+1}
+        adjoint = linear_recurrence(log_next.flip(-1), grad_states.flip(-1)).flip(-1)  # (..., l)
+        previous = _previous_states(states, initial_state)  # (..., l): h_{t-1}
+        grad_log_decay = adjoint * previous * decay  # (..., l): g_t h_{t-1} dA_t
+        grad_initial = None if initial_state is None else adjoint[..., 0] * decay[..., 0]  # g_0 dA_0
+        return grad_log_decay, adjoint, grad_initial
+
+    @staticmethod
+    def jvp(ctx, log_decay_tangent, drive_tangent, initial_tangent):
+        # dh_t = dA_t dh_{t-1} + (dA_t h_{t-1}) dlog_decay_t + ddrive_t: the recurrence again.
+        log_decay, states, initial_state = ctx.saved_tensors
+        tangent = torch.zeros_like(states) if drive_tangent is None else drive_tangent  # (..., l)
+        if log_decay_tangent is not None:
+            previous = _previous_states(states, initial_state)  # (..., l): h_{t-1}
+            tangent = tangent + torch.exp(log_decay) * previous * log_decay_tangent  # (..., l)
+        return StateRecurrence.apply(log_decay, tangent, initial_tangent)  # (..., l)
+
+
+def scan_states(
+    log_decay: torch.Tensor, drive: torch.Tensor, initial_state: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Every state h_t of h_t = exp(log_decay_t) h_{t-1} + drive_t, with h_{-1} = initial_state
+    (..., ) or zeros: log_decay, drive (..., l) -> h (..., l). The values of `linear_recurrence`;
+    gradients in the loop's products, so NaN and infinity reach them as they reach the loop's."""
+    return StateRecurrence.apply(log_decay, drive, initial_state)
+
+
 def _grouped_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -102,13 +184,12 @@ def _grouped_scan(
     dt = F.softplus(delta) if delta_softplus else delta  # (b, k*d, l)
     dtA = torch.einsum("bkdl,kdn->bkdnl", dt.unflatten(1, (k, d)), A.unflatten(0, (k, d)))
     dtA = dtA.flatten(1, 2)  # (b, k, d, n, l) -> (b, k*d, n, l): log dA
-    # Each route's B and C serve all d channels of that route.
-    dtu = (dt * u).unflatten(1, (k, d))  # (b, k, d, l)
-    dBu = torch.einsum("bkdl,bknl->bkdnl", dtu, B).flatten(1, 2)  # (b, k*d, n, l)
-    if initial_state is not None:  # fold h_{-1} into the first step: dBu_0 += dA_0 h_{-1}
-        first = dBu[..., :1] + torch.exp(dtA[..., :1]) * initial_state.to(dtype)[..., None]  # (b, k*d, n, 1)
-        dBu = torch.cat([first, dBu[..., 1:]], dim=-1)  # (b, k*d, n, l)
-    states = linear_recurrence(dtA, dBu)  # (b, k*d, n, l): h_t at every step
+    # Each route's B and C serve all d channels of that route. (dt B) u in the loop's order:
+    # dt u first would factor an infinite dt or u out of the gradients' sums over n.
+    dtB = torch.einsum("bkdl,bknl->bkdnl", dt.unflatten(1, (k, d)), B)  # (b, k, d, n, l)
+    dBu = dtB.flatten(1, 2) * u[:, :, None]  # (b, k*d, n, l)
+    initial_state = None if initial_state is None else initial_state.to(dtype)  # (b, k*d, n)
+    states = scan_states(dtA, dBu, initial_state)  # (b, k*d, n, l): h_t at every step
     y = torch.einsum("bkdnl,bknl->bkdl", states.unflatten(1, (k, d)), C).flatten(1, 2)  # (b, k*d, l)
     if D is not None:
         y = y + D[:, None] * u  # (b, k*d, l)
