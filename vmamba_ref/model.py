@@ -32,6 +32,22 @@ from vmamba_ref.layers import DropPath, LayerNorm2d, Linear2d, Mlp
 from vmamba_ref.ss2d import SS2D
 
 
+CHUNK_TOKENS = 4096
+"""Tokens per chunk of `VMamba.run_blocks`: VMamba-T's stage 1 (56 x 56 = 3,136 tokens) runs image
+by image, with its largest temporary (b=1, 4 * 96 channels) at 4.8 MB."""
+
+
+def cpu_layout(x: torch.Tensor) -> torch.Tensor:
+    """x (b, c, h, w) stored channels_last on the CPU, where the per-pixel matrix products, the
+    LayerNorms and the depthwise convolution run fastest in that layout (one copy of the image
+    here, none in the layers: see `layers.py`); unchanged on other devices. The shapes and the
+    numbers do not depend on the layout."""
+    if x.device.type != "cpu":
+        return x
+    # What x.contiguous(memory_format=torch.channels_last) does, in a form torch.func.vmap runs.
+    return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # (b, c, h, w), channels_last
+
+
 class VSSBlock(nn.Module):
     """Pre-norm residual block: SS2D token mixer, then the channel MLP. One DropPath serves both
     branches, as in the official block."""
@@ -70,6 +86,38 @@ class PatchMerging2d(nn.Module):
             [x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, :, 0::2, 1::2], x[:, :, 1::2, 1::2]], dim=1
         )  # (b, 4c, h/2, w/2)
         return self.reduction(self.norm(x))  # (b, c_out, h/2, w/2)
+
+
+class VSSStage(nn.Module):
+    """One stage: its VSS blocks at width c, then the downsampling to the next stage's width and
+    half the resolution (nn.Identity after the last stage). (b, c, h, w) -> (b, c', h', w')."""
+
+    def __init__(self, blocks: nn.Sequential, downsample: nn.Module, backend: str) -> None:
+        super().__init__()
+        self.blocks, self.downsample, self.backend = blocks, downsample, backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.downsample(self.run_blocks(x))  # (b, c, h, w) -> (b, c', h', w')
+
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The stage's VSS blocks on x (b, c, h, w).
+
+        The switch between the plain and the chunked path: with a fast backend, in evaluation on
+        the CPU, the batch runs through the stage in chunks of whole images of about
+        `CHUNK_TOKENS` tokens. Every operation of a block is per image (the LayerNorms are per
+        pixel, DropPath is the identity in evaluation), so the output is the same, while each
+        chunk's temporaries (the MLP's 4c-wide hidden map, the k routes' step sizes) stay in the
+        caches and under the allocator's mmap threshold (32 MiB in glibc): a plain process
+        then neither zeroes fresh pages on every call nor streams them through DRAM. The "ref"
+        backend, training, other devices and traced graphs (torch.compile, torch.export, ONNX:
+        a graph keeps its batch size free) take the whole batch.
+        """
+        b, _, h, w = x.shape
+        per_chunk = max(1, CHUNK_TOKENS // max(1, h * w))  # images per chunk
+        traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        if self.backend == "ref" or self.training or x.device.type != "cpu" or traced or per_chunk >= b:
+            return self.blocks(x)  # (b, c, h, w)
+        return torch.cat([self.blocks(part) for part in x.split(per_chunk)], dim=0)  # (b, c, h, w)
 
 
 def make_stem(config: VMambaConfig) -> nn.Sequential:
@@ -123,12 +171,11 @@ class VMamba(nn.Module):
         for i, (depth, c) in enumerate(zip(config.depths, config.dims, strict=True)):
             start = sum(config.depths[:i])
             last = i == len(config.depths) - 1
-            self.layers.append(nn.Sequential(OrderedDict([
-                ("blocks", nn.Sequential(*[
-                    VSSBlock(c, config, rates[start + j], backend) for j in range(depth)
-                ])),
-                ("downsample", nn.Identity() if last else make_downsample(c, config.dims[i + 1], config)),
-            ])))
+            self.layers.append(VSSStage(
+                nn.Sequential(*[VSSBlock(c, config, rates[start + j], backend) for j in range(depth)]),
+                nn.Identity() if last else make_downsample(c, config.dims[i + 1], config),
+                backend,
+            ))
         self.classifier = nn.Sequential(OrderedDict([
             ("norm", LayerNorm2d(self.num_features, eps=config.norm_eps)),
             ("pool", nn.AdaptiveAvgPool2d(1)),
@@ -151,7 +198,7 @@ class VMamba(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and stages: (b, in_chans, H, W) -> (b, c3, H/32, W/32)."""
         self.check_input(x)
-        x = self.patch_embed(x)  # (b, c0, H/4, W/4)
+        x = self.patch_embed(cpu_layout(x))  # (b, c0, H/4, W/4)
         for layer in self.layers:
             x = layer(x)  # (b, c_{i+1}, h/2, w/2), the last stage keeps its size
         return x
@@ -268,11 +315,11 @@ class VMamba(nn.Module):
         take = self.stage_indices(indices)
         last_stage = len(self.config.depths) - 1
         self.check_input(x)
-        x = self.patch_embed(x)  # (b, c0, H/4, W/4)
+        x = self.patch_embed(cpu_layout(x))  # (b, c0, H/4, W/4)
         stages = self.layers[: max(take) + 1] if stop_early else self.layers
         intermediates = []
         for i, layer in enumerate(stages):
-            x = layer.blocks(x)  # (b, c_i, h_i, w_i)
+            x = layer.run_blocks(x)  # (b, c_i, h_i, w_i)
             if i in take:
                 feature = self.classifier.norm(x) if norm and i == last_stage else x  # (b, c_i, h_i, w_i)
                 intermediates.append(feature if output_fmt == "NCHW" else feature.permute(0, 2, 3, 1))

@@ -58,25 +58,29 @@ class SS2D(nn.Module):
         """The selective-scan part: projections per route, then the SS2D core. (b, d, h, w) ->
         (b, d, h, w) in float32 (float64 for float64 x).
 
-        The projections are per-pixel matrix products on the (b, d, l) map, written as matmuls
-        whose outputs come out contiguous in the layouts the core reads: the einsums
-        "b d h w, k e d -> b k e h w" and "b k r h w, k d r -> b k d h w" give the same
-        numbers, but the second returns a permuted view that costs a full transposing copy of
-        the (b, k, d, h, w) delta, as long as the rest of an SS2D call on the CPU.
+        The projections are per-pixel matrix products. x_proj runs on the (b, l, d) token rows of
+        x, which are a view when x is stored channels_last (as the network keeps its maps on the
+        CPU), so the largest product reads x in place; dt_proj then takes the small (b, k, r, l)
+        step ranks to the (b, k, d, l) layout that the core reads, with no copy of delta, the
+        largest tensor here (k times x). B and C are reordered once (n rows per route, small).
+        Both projections are batched products, as the official grouped ones, which is how the
+        FLOP count files them (`vmamba_ref.tools.flops`).
         """
         b, d, h, w = x.shape
-        k, e, r, n = ROUTES, self.r + 2 * self.n, self.r, self.n
-        x = x.contiguous()  # (b, d, h, w); the core reads it row-major
-        x_dbl = torch.matmul(self.x_proj_weight.reshape(k * e, d), x.view(b, d, h * w))  # (b, k*e, l)
-        dts, Bs, Cs = torch.split(x_dbl.view(b, k, e, h * w), [r, n, n], dim=2)  # (b,k,r,l), (b,k,n,l) x2
-        delta = torch.matmul(self.dt_projs_weight, dts)  # (k, d, r) @ (b, k, r, l) -> (b, k, d, l)
+        k, e, r, n, l = ROUTES, self.r + 2 * self.n, self.r, self.n, h * w
+        tokens = x.permute(0, 2, 3, 1).reshape(b, l, d)  # (b, d, h, w) -> (b, l, d), a view if channels_last
+        weight = self.x_proj_weight.reshape(k * e, d).t().expand(b, d, k * e)  # (b, d, k*e), a view
+        x_dbl = torch.bmm(tokens, weight)  # (b, l, d) @ (b, d, k*e) -> (b, l, k*e)
+        dts, Bs, Cs = torch.split(x_dbl.view(b, l, k, e), [r, n, n], dim=3)  # (b,l,k,r), (b,l,k,n) x2
+        delta = torch.matmul(self.dt_projs_weight, dts.permute(0, 2, 3, 1))  # (k,d,r) @ (b,k,r,l) -> (b,k,d,l)
+        Bs = Bs.permute(0, 2, 3, 1).reshape(b, k, n, h, w)  # (b, l, k, n) -> (b, k, n, h, w)
+        Cs = Cs.permute(0, 2, 3, 1).reshape(b, k, n, h, w)  # (b, l, k, n) -> (b, k, n, h, w)
         # Under autocast the products may come out in another dtype than x: align the dtypes.
         delta, Bs, Cs = (t.to(x.dtype) for t in (delta, Bs, Cs))
         dtype = compute_dtype(x.dtype)  # the SSM parameters enter in float32 at least
         A = -torch.exp(self.A_logs.to(dtype))  # (k*d, n)
         D, delta_bias = self.Ds.to(dtype), self.dt_projs_bias.to(dtype).reshape(-1)  # (k*d,) each
         delta = delta.view(b, k, d, h, w)  # (b, k, d, l) -> (b, k, d, h, w)
-        Bs, Cs = Bs.reshape(b, k, n, h, w), Cs.reshape(b, k, n, h, w)  # (b, k, n, h, w) each
         return self.ops.ss2d_core(x, delta, A, Bs, Cs, D, delta_bias, True)  # (b, d, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

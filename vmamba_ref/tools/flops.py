@@ -61,6 +61,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from vmamba_ref.contract import check_ss2d_core_args, compute_dtype, scan_flops
+from vmamba_ref.layers import Linear2d
 from vmamba_ref.ss2d import SS2D
 from vmamba_ref.ss2d_core import ss2d_core as ss2d_core_ref
 
@@ -354,15 +355,22 @@ class _MetaValueReads(TorchDispatchMode):
 def counted_scans(model: nn.Module) -> Iterator[None]:
     """Within the block, every SS2D in `model` runs its core as `torch.ops.vmamba_flops.ss2d_core`
     (the reference, with a FLOP formula and a shape-only fake) instead of its backend's
-    implementation; each module's own operators are put back on exit."""
+    implementation, and every Linear2d runs as the official 1x1 convolution
+    (`Linear2d.forward_as_conv`, counted under `conv`); each module's own operators and forward
+    are put back on exit."""
     saved = {m: m.ops for m in model.modules() if isinstance(m, SS2D)}
+    linears = [m for m in model.modules() if isinstance(m, Linear2d)]
     try:
         for m, ops in saved.items():
             m.ops = dataclasses.replace(ops, ss2d_core=torch.ops.vmamba_flops.ss2d_core)
+        for m in linears:
+            m.forward = m.forward_as_conv
         yield
     finally:
         for m, ops in saved.items():
             m.ops = ops
+        for m in linears:
+            del m.forward  # the class's forward again
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,76 @@
+"""The network's CPU execution paths change no number (vmamba_ref/model.py, layers.py).
+
+On the CPU the network keeps its maps channels_last, and with a fast backend in evaluation a
+stage runs its batch in chunks of images (`VSSStage.run_blocks`). Both are claimed to be layout
+and scheduling only: the logits equal the plain path's and the reference backend's.
+"""
+
+import pytest
+import torch
+
+import vmamba_ref.model as model_module
+from vmamba_ref import BackendUnavailableError, get_ops, vmamba_mini
+from vmamba_ref.layers import Linear2d
+from vmamba_ref.testing.tolerances import tolerance
+
+
+def assert_close(actual, expected, backend: str, what: str) -> None:
+    tol = tolerance(torch.float32, backend=backend)
+    torch.testing.assert_close(actual, expected, rtol=tol.rtol, atol=tol.atol, msg=lambda m: f"{what}: {m}")
+
+
+def _fast_backends() -> list[str]:
+    names = []
+    for name in ("numba", "torch"):
+        try:
+            get_ops(name)
+        except BackendUnavailableError:
+            continue
+        names.append(name)
+    return names
+
+
+@pytest.fixture(scope="module")
+def weights():
+    torch.manual_seed(0)
+    return vmamba_mini().state_dict()
+
+
+def _model(backend: str, weights) -> torch.nn.Module:
+    model = vmamba_mini(backend=backend).eval()
+    model.load_state_dict(weights)
+    return model
+
+
+def test_linear2d_equals_the_official_1x1_convolution():
+    torch.manual_seed(0)
+    layer = Linear2d(6, 5)
+    x = torch.randn(2, 6, 3, 4)  # (b, in, h, w)
+    for layout in (x, x.contiguous(memory_format=torch.channels_last)):
+        assert_close(layer(layout), layer.forward_as_conv(x), "ref", what="Linear2d")
+
+
+def test_channels_last_maps_change_no_logit(weights, monkeypatch):
+    model = _model("ref", weights)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        channels_last = model(x)
+        monkeypatch.setattr(model_module, "cpu_layout", lambda t: t)  # channel-first maps
+        channel_first = model(x)
+    assert_close(channels_last, channel_first, "ref", what="logits")
+
+
+@pytest.mark.parametrize("backend", _fast_backends())
+def test_chunked_stages_give_the_reference_logits(backend, weights, monkeypatch):
+    """With 16 tokens per chunk, stage 1 (8 x 8 tokens at 32 x 32) runs image by image and stage
+    2 two images at a time; the batch of 5 leaves a short last chunk."""
+    monkeypatch.setattr(model_module, "CHUNK_TOKENS", 16)
+    model = _model(backend, weights)
+    calls = []
+    model.layers[0].blocks.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        chunked = model(x)
+        assert calls == [1, 1, 1, 1, 1]
+        reference = _model("ref", weights)(x)
+    assert_close(chunked, reference, backend, what=f"{backend} logits, chunked")
