@@ -1,16 +1,28 @@
-"""Claims of vmamba_ref/contract.py about parameters: a non-finite parameter always raises, and off
-the CPU an unchanged parameter is read once, not at every call (each read waits for the GPU).
+"""Claims of vmamba_ref/contract.py about parameters and the backend loader.
 
-The cache is off on the CPU, so these tests switch it on for CPU tensors through `_cacheable`;
-the last one runs the real thing on a CUDA GPU when there is one.
+- A non-finite parameter always raises, and off the CPU an unchanged parameter is read once, not
+  at every call (each read waits for the GPU). The cache is off on the CPU, so these tests switch
+  it on for CPU tensors through `_cacheable`; one runs the real thing on a CUDA GPU when there is
+  one.
+- `torch.compile(fullgraph=True)` traces `vmamba_fast`'s public functions through `get_ops` in a
+  fresh process that never loaded the backend (dynamo cannot trace `importlib`), and a missing
+  dependency still raises BackendUnavailableError, compiled or not.
 """
 
 import gc
+import inspect
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import vmamba_fast
 from vmamba_ref import contract
+
+ROOT = Path(__file__).resolve().parents[1]
+FRESH_PROCESS_TIMEOUT = 300  # seconds: importing torch, dynamo's trace, Numba's JIT
 
 
 @pytest.fixture
@@ -113,3 +125,83 @@ def test_on_the_gpu_a_parameter_is_read_once_until_written(monkeypatch):
         A[0, 0] = float("nan")
     with pytest.raises(ValueError, match="`A` must be finite"):
         contract.check_finite("f", "A", A)
+
+
+# Run with `python -c CODE backend` in a new interpreter: imports vmamba_fast and nothing of the
+# backend, compiles all four public functions with fullgraph=True before any eager call, then
+# compares with the eager result.
+COMPILE_FIRST = """
+import sys
+
+import torch
+
+import vmamba_fast
+from vmamba_ref.contract import BACKEND_MODULES
+
+backend = sys.argv[1]
+module, package = BACKEND_MODULES[backend]
+loaded = [m for m in (module, package) if m in sys.modules]
+assert not loaded, f"imported before the backend was used: {loaded}"
+torch.manual_seed(0)
+b, d, h, w, n = 1, 2, 3, 4, 2
+x, delta = torch.randn(b, d, h, w), torch.randn(b, 4, d, h, w)
+A, B, C = -torch.rand(4 * d, n), torch.randn(b, 4, n, h, w), torch.randn(b, 4, n, h, w)
+
+
+def f(x, delta, A, B, C):
+    xs = vmamba_fast.cross_scan(x, backend=backend).flatten(1, 2)  # (b, 4*d, l)
+    ys = vmamba_fast.selective_scan(
+        xs, delta.flatten(3).flatten(1, 2), A, B.flatten(3), C.flatten(3), backend=backend
+    )  # (b, 4*d, l)
+    core = vmamba_fast.ss2d_core(x, delta, A, B, C, backend=backend)  # (b, d, h, w)
+    return vmamba_fast.cross_merge(ys.view(b, 4, d, h, w), backend=backend) + core
+
+
+compiled = torch.compile(f, backend="eager", fullgraph=True)(x, delta, A, B, C)
+assert module in sys.modules
+torch.testing.assert_close(compiled, f(x, delta, A, B, C))
+"""
+
+
+def test_every_fast_backend_has_its_import_statement():
+    """`vmamba_fast._import_backend` spells out `BACKEND_MODULES` as import statements (dynamo
+    runs those); "ref" needs none, `vmamba_ref` being imported with the contract."""
+    source = inspect.getsource(vmamba_fast._import_backend)
+    for backend, (module, _) in contract.BACKEND_MODULES.items():
+        if module.startswith("vmamba_fast"):
+            assert f'backend == "{backend}":\n        import {module}  #' in source, backend
+        else:
+            assert module == "vmamba_ref" and module in sys.modules
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_public_functions_compile_in_a_process_that_never_loaded_the_backend(backend):
+    if not contract.is_available(backend):
+        pytest.skip(f"{backend} is not installed")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", COMPILE_FIRST, backend],
+            cwd=ROOT, capture_output=True, text=True, timeout=FRESH_PROCESS_TIMEOUT,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the fresh process took over {FRESH_PROCESS_TIMEOUT} s:\n{e.stderr}")
+    assert result.returncode == 0, result.stderr[-5000:]
+
+
+def test_a_missing_dependency_raises_the_same_error_when_compiled(monkeypatch):
+    """Eager and compiled with graph breaks allowed: BackendUnavailableError. With fullgraph=True,
+    dynamo reports the exception the traced code raised, and its message says what to install."""
+    monkeypatch.setattr(contract, "_LOADED", {})  # a process that has loaded no backend yet
+    monkeypatch.setattr(contract.importlib.util, "find_spec", lambda name: None)
+    torch._dynamo.reset()  # no compiled code from an earlier test, traced with numba installed
+
+    def f(x):
+        return vmamba_fast.cross_scan(x, backend="numba")
+
+    x = torch.randn(1, 2, 3, 3)
+    install = r"pip install 'vmamba\[numba\]'"
+    for run in (f, torch.compile(f, backend="eager")):
+        with pytest.raises(contract.BackendUnavailableError, match=install):
+            run(x)
+    with pytest.raises(Exception, match=install):
+        torch.compile(f, backend="eager", fullgraph=True)(x)

@@ -21,13 +21,16 @@ and what was found. Shape errors are `ValueError`; dtype and type errors are `Ty
 Backends are found by name (a plugin lookup): `get_ops("numba")` imports the module that
 `BACKEND_MODULES` names for it, on first use, and returns its `OPS`. Nothing here imports a
 backend's code, so the arrows run one way: the oracle, the network and `vmamba_fast` all point
-here, and this module points at no other file of the project.
+here, and this module points at no other file of the project. `torch.compile` traces the
+lookup: a module already imported (by `vmamba_fast`'s import statements, which dynamo runs as it
+traces them) is read from `sys.modules`, never through `importlib`, which dynamo cannot trace.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -517,10 +520,17 @@ def check_backend_name(backend: object) -> str:
     return backend  # type: ignore[return-value]
 
 
+@torch.compiler.assume_constant_result
+def _installed(package: str) -> bool:
+    """Whether `package` can be imported. While `torch.compile` traces, it calls this and keeps
+    the answer as a constant: dynamo cannot trace `importlib`."""
+    return importlib.util.find_spec(package) is not None
+
+
 def is_available(backend: str) -> bool:
     """True when `backend`'s optional dependency is installed."""
     package = BACKEND_MODULES[check_backend_name(backend)][1]
-    return package is None or importlib.util.find_spec(package) is not None
+    return package is None or _installed(package)
 
 
 def available_backends() -> list[str]:
@@ -542,16 +552,23 @@ _LOADED: dict[str, ScanOps] = {}
 def get_ops(backend: str) -> ScanOps:
     """The scan operators of `backend`, its module imported on first use. The one place a backend
     name is checked: ValueError for an unknown name, BackendUnavailableError (saying what to
-    install or pass) when its dependency is missing."""
+    install or pass) when its dependency is missing.
+
+    `torch.compile(fullgraph=True)` traces this when the module is already imported (it reads it
+    from `sys.modules`); `vmamba_fast`'s public functions make sure it is, with an import
+    statement per backend, so they compile in a process that never loaded the backend."""
     ops = _LOADED.get(backend) if isinstance(backend, str) else None
     if ops is not None:
         return ops
-    module, package = BACKEND_MODULES[check_backend_name(backend)]
-    if package is not None and importlib.util.find_spec(package) is None:
+    name, package = BACKEND_MODULES[check_backend_name(backend)]
+    if package is not None and not _installed(package):
         raise BackendUnavailableError(
             f"backend {backend!r} needs the `{package}` package: "
             f"pip install 'vmamba[{backend}]', or pass backend='ref'"
         )
-    ops = importlib.import_module(module).OPS
+    module = sys.modules.get(name)
+    if module is None:
+        module = importlib.import_module(name)
+    ops = module.OPS
     _LOADED[backend] = ops
     return ops
