@@ -5,13 +5,16 @@ stage runs its batch in chunks of images (`VSSStage.run_blocks`). Both are claim
 and scheduling only: the logits equal the plain path's and the reference backend's.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
 import vmamba_ref.model as model_module
 from vmamba_ref import BackendUnavailableError, get_ops, vmamba_mini
 from vmamba_ref.layers import Linear2d
-from vmamba_ref.testing.tolerances import tolerance
+from vmamba_ref.ss2d import SS2D
+from vmamba_ref.testing.tolerances import LOW_PRECISION_LOGITS, tolerance
 
 
 def assert_close(actual, expected, backend: str, what: str) -> None:
@@ -74,3 +77,29 @@ def test_chunked_stages_give_the_reference_logits(backend, weights, monkeypatch)
         assert calls == [1, 1, 1, 1, 1]
         reference = _model("ref", weights)(x)
     assert_close(chunked, reference, backend, what=f"{backend} logits, chunked")
+
+
+@pytest.mark.parametrize("backend", ["ref", *_fast_backends()])
+def test_bfloat16_on_the_cpu_scans_in_float32(backend, weights, monkeypatch):
+    """Both documented bfloat16 paths (autocast, and a bfloat16 model) hand the SS2D core float32
+    maps, projected in float32, and give logits within the low-precision rule."""
+    model = _model(backend, weights)
+    seen = []
+    for module in model.modules():
+        if isinstance(module, SS2D):
+            core = module.ops.ss2d_core
+            def recording(x, delta, *args, core=core):
+                seen.append((x.dtype, delta.dtype))
+                return core(x, delta, *args)
+            monkeypatch.setattr(module, "ops", dataclasses.replace(module.ops, ss2d_core=recording))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        full = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model(x)
+        low = model.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert seen and set(seen) == {(torch.float32, torch.float32)}
+    for logits in (autocast, low):
+        torch.testing.assert_close(
+            logits.float(), full, rtol=LOW_PRECISION_LOGITS.rtol, atol=LOW_PRECISION_LOGITS.atol
+        )

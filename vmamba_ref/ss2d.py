@@ -68,16 +68,23 @@ class SS2D(nn.Module):
         """
         b, d, h, w = x.shape
         k, e, r, n, l = ROUTES, self.r + 2 * self.n, self.r, self.n, h * w
-        tokens = x.permute(0, 2, 3, 1).reshape(b, l, d)  # (b, d, h, w) -> (b, l, d), a view if channels_last
-        weight = self.x_proj_weight.reshape(k * e, d).t().expand(b, d, k * e)  # (b, d, k*e), a view
-        x_dbl = torch.bmm(tokens, weight)  # (b, l, d) @ (b, d, k*e) -> (b, l, k*e)
-        dts, Bs, Cs = torch.split(x_dbl.view(b, l, k, e), [r, n, n], dim=3)  # (b,l,k,r), (b,l,k,n) x2
-        delta = torch.matmul(self.dt_projs_weight, dts.permute(0, 2, 3, 1))  # (k,d,r) @ (b,k,r,l) -> (b,k,d,l)
+        dtype = compute_dtype(x.dtype)  # the SSM parameters enter in float32 at least
+        if x.device.type == "cpu":
+            # The CPU kernels read float32: with low-precision x the projections run in float32
+            # too (few multiply-adds: d -> k*(r+2n) and r -> d per token), so that delta, k
+            # times larger than x, is written once in the kernel's dtype, not cast afterwards.
+            x = x.to(dtype)  # (b, d, h, w)
+        with torch.autocast("cpu", enabled=False):  # the line above chose the CPU's dtype
+            tokens = x.permute(0, 2, 3, 1).reshape(b, l, d)  # (b, d, h, w) -> (b, l, d), a view if channels_last
+            weight = self.x_proj_weight.to(x.dtype).reshape(k * e, d).t().expand(b, d, k * e)  # (b, d, k*e)
+            x_dbl = torch.bmm(tokens, weight)  # (b, l, d) @ (b, d, k*e) -> (b, l, k*e)
+            dts, Bs, Cs = torch.split(x_dbl.view(b, l, k, e), [r, n, n], dim=3)  # (b,l,k,r), (b,l,k,n) x2
+            dt_weight = self.dt_projs_weight.to(x.dtype)  # (k, d, r)
+            delta = torch.matmul(dt_weight, dts.permute(0, 2, 3, 1))  # (k,d,r) @ (b,k,r,l) -> (b,k,d,l)
         Bs = Bs.permute(0, 2, 3, 1).reshape(b, k, n, h, w)  # (b, l, k, n) -> (b, k, n, h, w)
         Cs = Cs.permute(0, 2, 3, 1).reshape(b, k, n, h, w)  # (b, l, k, n) -> (b, k, n, h, w)
-        # Under autocast the products may come out in another dtype than x: align the dtypes.
+        # Under a GPU's autocast the products may come out in another dtype than x: align them.
         delta, Bs, Cs = (t.to(x.dtype) for t in (delta, Bs, Cs))
-        dtype = compute_dtype(x.dtype)  # the SSM parameters enter in float32 at least
         A = -torch.exp(self.A_logs.to(dtype))  # (k*d, n)
         D, delta_bias = self.Ds.to(dtype), self.dt_projs_bias.to(dtype).reshape(-1)  # (k*d,) each
         delta = delta.view(b, k, d, h, w)  # (b, k, d, l) -> (b, k, d, h, w)
