@@ -8,6 +8,11 @@ Everything is measured in this one run and compared as ratios, because absolute 
 shared machine drift between runs (by up to 20% here). Each timing is the best of a few runs
 (wall clock), the usual way to read a benchmark on a machine that other work also uses.
 
+The fused-core and end-to-end tables run twice, labelled: first as a plain process gets them
+(glibc's default allocator), then with the allocator tuned to keep freed memory
+(`keep_freed_memory`), which isolates the kernels from page faults; the scan table runs tuned.
+`--plain-only` skips the tuned figures.
+
 Implementations of the selective scan (VMamba layout, float32):
 
 | name      | what                                                                              |
@@ -135,7 +140,7 @@ def keep_freed_memory() -> bool:
     that returns a fresh stage-1 output (38 MiB at b=8) first page-faults and zeroes it, which
     on this machine costs as much as the scan itself and taxes every implementation alike.
     Keeping freed memory, as PyTorch's caching allocator does on the GPU, measures the kernels
-    instead; `--os-allocator` measures with glibc's defaults.
+    instead. Irreversible for the process: `main` measures the plain-process figures first.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -314,7 +319,7 @@ def fmt_ratio(other: float | None, mine: float) -> str:
     return "-" if other is None else f"{other / mine:.1f}x"
 
 
-def scan_table(machine: Machine, quick: bool, budget: Budget) -> dict:
+def scan_table(machine: Machine, quick: bool, budget: Budget, allocator: str) -> dict:
     numba_scan = vmamba_fast.get_ops("numba").selective_scan
     impls: dict[str, Callable] = {
         "numba": numba_scan,
@@ -334,7 +339,7 @@ def scan_table(machine: Machine, quick: bool, budget: Budget) -> dict:
             return True
         return name in BASELINE_CELLS[s.name][1 if backward else 0]
 
-    print("\n## Selective scan, float32 (times in ms, best of several; ratio = other / numba)\n")
+    print(f"\n## Selective scan, float32 (times in ms, best of several; ratio = other / numba; {allocator})\n")
     header = f"{'shape':<17} {'pass':<8}" + "".join(f"{name:>16}" for name in impls)
     print(header)
     results = {}
@@ -429,7 +434,7 @@ def time_pass(fn: Callable[[], torch.Tensor], backward: bool, repeats: int, leav
         return best_time(run, repeats)
 
 
-def core_table(quick: bool) -> dict:
+def core_table(quick: bool, allocator: str) -> dict:
     ops = vmamba_fast.get_ops("numba")
     if quick:
         shapes = [("tiny", 2, 8, 7, 9, 1)]
@@ -439,7 +444,7 @@ def core_table(quick: bool) -> dict:
             ("stage3 b=8 n=1", 8, 384, 14, 14, 1),
             ("stage1 b=1 n=16", 1, 96, 56, 56, 16),
         ]
-    print("\n## Fused SS2D core vs cross_scan + selective_scan + cross_merge (numba, ms)\n")
+    print(f"\n## Fused SS2D core vs cross_scan + selective_scan + cross_merge (numba, ms; {allocator})\n")
     print(f"{'shape':<17} {'pass':<8} {'fused':>8} {'separate':>10} {'speedup':>8}")
     results = {}
     for name, b, d, h, w, n in shapes:
@@ -476,7 +481,7 @@ def core_table(quick: bool) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def model_table(quick: bool, budget: Budget) -> dict:
+def model_table(quick: bool, budget: Budget, allocator: str) -> dict:
     """End to end, through `vmamba bench`'s own measurement (`vmamba_ref.tools.bench`), the one
     home of model throughput: this script only picks the configurations and prints ratios."""
     from vmamba_ref.tools.bench import BenchConfig, run_benchmark
@@ -485,7 +490,7 @@ def model_table(quick: bool, budget: Budget) -> dict:
     # --quick checks the plumbing with the small test model; the full run measures VMamba-T.
     model, size, batch = ("vmamba_mini", 32, 2) if quick else ("vmamba_tiny", 224, 8)
     repeats = 1 if quick else 3
-    print(f"\n## {model} inference, {batch} images of {size}x{size}, float32 (images/s)\n")
+    print(f"\n## {model} inference, {batch} images of {size}x{size}, float32 (images/s; {allocator})\n")
     results = {}
     for backend in [*fast, "ref"]:
         slow = backend == "ref"  # minutes per batch: timed once, and only within the budget
@@ -592,7 +597,9 @@ def main() -> None:
         "--threads", type=int, default=0, help="threads for numba and torch (default: all)"
     )
     parser.add_argument(
-        "--os-allocator", action="store_true", help="keep glibc's unmap-on-free for big blocks"
+        "--plain-only",
+        action="store_true",
+        help="measure only as a plain process does (glibc's defaults); skip the tuned figures",
     )
     parser.add_argument(
         "--budget", type=float, default=200.0, help="seconds after which slow baselines are skipped"
@@ -602,7 +609,6 @@ def main() -> None:
     if args.threads:
         numba.set_num_threads(args.threads)
         torch.set_num_threads(args.threads)
-    kept = False if args.os_allocator else keep_freed_memory()
     torch.manual_seed(0)
     warm = warm_up()  # before anything is timed
     machine = measure_machine(args.quick)
@@ -611,12 +617,10 @@ def main() -> None:
         f"threads, torch {torch.__version__}, numba {numba.__version__}"
     )
     print(
-        "allocator: "
-        + (
-            "freed memory kept in the process (no page faults on reuse)"
-            if kept
-            else "glibc defaults"
-        )
+        "allocator: the kernel figures are measured twice, labelled: first as a plain process "
+        "gets them (glibc's defaults: blocks above 32 MiB are unmapped on free and page-fault "
+        "again on reuse), then with freed memory kept in the process (mallopt, which this script "
+        "sets for itself only, and cannot undo)"
     )
     print(
         f"stream triad: {machine.triad_1 / 1e9:.1f} GB/s on 1 thread, "
@@ -635,9 +639,19 @@ def main() -> None:
             "(try again later, or --threads 1)"
         )
     budget = Budget(args.budget)
-    scans = scan_table(machine, args.quick, budget)
-    cores = core_table(args.quick)
-    models = {} if args.no_model else model_table(args.quick, budget)
+    plain = "plain process"
+    cores = core_table(args.quick, plain)
+    models = {} if args.no_model else model_table(args.quick, budget, plain)
+    if not args.plain_only:
+        tuned = "allocator tuned: freed memory kept"
+        if keep_freed_memory():
+            cores = core_table(args.quick, tuned)
+            if not args.no_model:
+                models = model_table(args.quick, budget, tuned)
+        else:
+            print("\nmallopt is not available (not glibc): only the plain-process figures")
+            tuned = plain
+    scans = scan_table(machine, args.quick, budget, plain if args.plain_only else tuned)
     targets(machine, scans, cores, models, args.quick)
     if budget.skipped:
         print(

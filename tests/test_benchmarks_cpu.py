@@ -29,3 +29,6 @@ def test_bench_cpu_quick_runs():
         "Fused SS2D core",
     ):
         assert section in result.stdout, result.stdout
+    # The kernel figures come twice, each labelled with the allocator it was measured under.
+    assert "(numba, ms; plain process)" in result.stdout, result.stdout
+    assert "(numba, ms; allocator tuned: freed memory kept)" in result.stdout, result.stdout
