@@ -11,6 +11,7 @@ import torch
 
 import vmamba_ref.contract as contract
 import vmamba_ref.tools.bench as bench
+from vmamba_ref import fastest_backend
 from vmamba_ref.contract import BackendUnavailableError
 from vmamba_ref.tools.bench import BenchConfig, check_backend_runs, format_result, run_benchmark
 from vmamba_ref.tools.cli import main
@@ -24,8 +25,8 @@ REPORT_FIELDS = {
 
 def test_cli_writes_a_valid_json_report(tmp_path, capsys):
     path = tmp_path / "out" / "bench.json"
-    argv = ["bench", "vmamba_mini", "--batch-size", "2", "--resolution", "16", "--warmup", "1",
-            "--iters", "2", "--json", str(path)]  # fmt: skip
+    argv = ["bench", "vmamba_mini", "--backend", "ref", "--batch-size", "2", "--resolution", "16",
+            "--warmup", "1", "--iters", "2", "--json", str(path)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     report = json.loads(path.read_text())
@@ -43,6 +44,16 @@ def test_cli_writes_a_valid_json_report(tmp_path, capsys):
     assert math.isclose(report["ms_per_iter"]["max"], 1e3 * max(times))
     assert report["params"] == 280_042 and report["threads"] == torch.get_num_threads()
     assert f"{ips['median']:.2f}" in printed and str(path) in printed
+
+
+def test_cli_defaults_to_the_fastest_installed_backend_and_says_so(capsys):
+    argv = ["bench", "vmamba_mini", "--batch-size", "1", "--resolution", "16", "--warmup", "0", "--iters", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    fastest = fastest_backend("cpu")
+    assert f"backend: {fastest} (the fastest installed for cpu" in printed
+    assert f"vmamba_mini, backend {fastest}," in printed
+    assert f"{torch.get_num_threads()} torch threads" in printed and "tunes nothing" in printed
 
 
 def test_train_mode_runs_forward_and_backward(monkeypatch):

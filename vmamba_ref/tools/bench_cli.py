@@ -1,7 +1,10 @@
 """`vmamba bench MODEL`: images per second for a backend, batch size, resolution and dtype.
 
-Prints a table (median, slowest and fastest pass, overall mean) and, with `--json PATH`, writes
-the report described in `vmamba_ref.tools.bench`. An unavailable backend is refused with exit code 2.
+Prints what it runs with (the backend, and why; torch's thread count; the allocator: nothing in
+this process is tuned), then a table (median, slowest and fastest pass, overall mean) and, with
+`--json PATH`, writes the report described in `vmamba_ref.tools.bench`. Without `--backend` it
+measures the fastest backend installed for the device; an unavailable backend is refused with
+exit code 2.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-from vmamba_ref.contract import BACKENDS, BackendUnavailableError
+import torch
+
+from vmamba_ref.contract import BACKENDS, BackendUnavailableError, fastest_backend
 from vmamba_ref.model import MODELS
 from vmamba_ref.tools.bench import DTYPES, BenchConfig, format_result, run_benchmark
 from vmamba_ref.tools.cli import check_device, check_output_file
@@ -24,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
-        default=defaults.backend,
-        help=f"scan backend (default {defaults.backend}); an unavailable one is refused",
+        default=None,
+        help="scan backend (default: the fastest installed for --device); an unavailable one is refused",
     )
     parser.add_argument("--batch-size", type=_int_at_least(1), default=defaults.batch_size)
     parser.add_argument("--resolution", type=_int_at_least(1), default=defaults.resolution)
@@ -57,10 +62,18 @@ def run(args: argparse.Namespace) -> int:
     check_device("--device", args.device)
     if args.json is not None:
         check_output_file("--json", args.json)
+    backend = args.backend
+    settings = [
+        f"process: {torch.get_num_threads()} torch threads (torch's default unless "
+        "OMP_NUM_THREADS is set), the default allocator; this command tunes nothing"
+    ]
+    if backend is None:
+        backend = fastest_backend(args.device)
+        settings.insert(0, f"backend: {backend} (the fastest installed for {args.device}; --backend to choose)")
     try:
         config = BenchConfig(
             model=args.model,
-            backend=args.backend,
+            backend=backend,
             batch_size=args.batch_size,
             resolution=args.resolution,
             dtype=args.dtype,
@@ -78,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     except BackendUnavailableError as err:
         print(f"vmamba bench: {err}", file=sys.stderr)
         return 2
+    print("\n".join(settings))
     print(format_result(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
