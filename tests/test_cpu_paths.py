@@ -103,3 +103,16 @@ def test_bfloat16_on_the_cpu_scans_in_float32(backend, weights, monkeypatch):
         torch.testing.assert_close(
             logits.float(), full, rtol=LOW_PRECISION_LOGITS.rtol, atol=LOW_PRECISION_LOGITS.atol
         )
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["fixed-batch", "dynamic-batch"])
+def test_compiled_model_chunks_or_not_and_gives_the_same_logits(dynamic, weights, monkeypatch):
+    """torch.compile traces the chunked stages for a fixed batch and the whole batch for a
+    symbolic one; both graphs compile without a break and give the eager logits."""
+    monkeypatch.setattr(model_module, "CHUNK_TOKENS", 16)
+    backend = "numba" if "numba" in _fast_backends() else "torch"
+    model = _model(backend, weights)
+    x = torch.randn(3, 3, 32, 32)
+    compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=dynamic)
+    with torch.no_grad():
+        assert_close(compiled(x), model(x), backend, what=f"compiled logits, dynamic={dynamic}")

@@ -109,12 +109,13 @@ class VSSStage(nn.Module):
         chunk's temporaries (the MLP's 4c-wide hidden map, the k routes' step sizes) stay in the
         caches and under the allocator's mmap threshold (32 MiB in glibc): a plain process
         then neither zeroes fresh pages on every call nor streams them through DRAM. The "ref"
-        backend, training, other devices and traced graphs (torch.compile, torch.export, ONNX:
-        a graph keeps its batch size free) take the whole batch.
+        backend, training, other devices, a symbolic batch size (torch.compile's dynamic shapes,
+        torch.export with a free batch dimension) and TorchScript traces (whose chunk sizes would
+        be frozen) take the whole batch; torch.compile with a fixed batch chunks as eager does.
         """
         b, _, h, w = x.shape
         per_chunk = max(1, CHUNK_TOKENS // max(1, h * w))  # images per chunk
-        traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        traced = not isinstance(b, int) or torch.jit.is_tracing()
         if self.backend == "ref" or self.training or x.device.type != "cpu" or traced or per_chunk >= b:
             return self.blocks(x)  # (b, c, h, w)
         return torch.cat([self.blocks(part) for part in x.split(per_chunk)], dim=0)  # (b, c, h, w)
