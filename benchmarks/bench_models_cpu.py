@@ -146,10 +146,19 @@ def build_rows(quick: bool, size: int) -> list[Row]:
     return rows
 
 
+def compiled_row(row: Row) -> Row:
+    """`row`'s model under torch.compile (inductor, default settings), for the float32 inference
+    tables: its first call per batch size compiles, in the untimed warm-up."""
+    return Row(f"{row.name}, compiled", torch.compile(row.model), row.macs_per_image)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny inputs and models: checks the script runs")
     parser.add_argument("--rounds", type=int, default=3, help="timed calls per row and configuration")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile row (it compiles for about a minute per batch size)"
+    )
     args = parser.parse_args()
     size, batches, rounds = (64, (2,), 1) if args.quick else (224, (1, 8), args.rounds)
 
@@ -162,6 +171,7 @@ def main() -> None:
     print(", ".join(f"matmul peak {str(d).removeprefix('torch.')}: {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items()))
     rows = build_rows(args.quick, size)
     reference = rows[0].name  # VMamba-T on the first fast backend (numba when installed)
+    compiled = compiled_row(rows[0]) if not args.no_compile else None
     for train in (False, True):
         for dtype in (torch.float32, torch.bfloat16):
             for batch in batches:
@@ -169,13 +179,16 @@ def main() -> None:
                 print(f"\n## {kind}, {str(dtype).removeprefix('torch.')}, batch {batch} at {size}x{size}\n")
                 for row in rows:
                     row.model.train(train)
-                calls = {row.name: make_call(row.model, batch, size, dtype, train) for row in rows}
+                config_rows = list(rows)
+                if compiled is not None and not train and dtype == torch.float32:
+                    config_rows.insert(1, compiled)  # its warm-up call compiles (untimed)
+                calls = {row.name: make_call(row.model, batch, size, dtype, train) for row in config_rows}
                 results = measure(calls, rounds)
                 ref_rate = batch / results[reference][0]
                 passes = 3 if train else 1  # a training step is about three forwards of work
                 print(f"| model | images/s | vs {reference} | faults/call | MB/call | floor |")
                 print("|---|---|---|---|---|---|")
-                for row in rows:
+                for row in config_rows:
                     seconds, faults = results[row.name]
                     floor = passes * 2 * row.macs_per_image * batch / peaks[dtype] / seconds
                     print(
