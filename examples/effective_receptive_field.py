@@ -11,7 +11,8 @@ image. This script repeats the experiment on a CPU:
 2. The ERF of each, freshly initialised, as the paper measures it (`vmamba_ref.tools.erf`): gradient
    of the central output position with respect to the input, ReLU, averaged over real photos
    that ship with scikit-image, `** 0.2`, normalised.
-3. Both trained on scikit-learn's digits (32x32), then measured again on the same photos at a
+3. Both trained on scikit-learn's digits (32x32) or, with `--task pathfinder`, on the generated
+   long-range task of `vmamba_ref.tools.pathfinder` (32x32), then measured again on the same photos at a
    larger size (128x128 by default), as the paper measures its 224-trained models at 1024.
 4. One PNG with the four maps (rows: before and after training), paper style, and a table of
    how concentrated each map is: the share of the total gradient that falls in the central
@@ -21,6 +22,7 @@ image. This script repeats the experiment on a CPU:
 Run:
     python examples/effective_receptive_field.py            # full run
     python examples/effective_receptive_field.py --quick    # a few steps, two photos, to check it runs
+    python examples/effective_receptive_field.py --task pathfinder --d-state 16 --epochs 2
 """
 
 from __future__ import annotations
@@ -30,58 +32,15 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from vmamba_ref import fastest_backend, vmamba_mini
-from vmamba_ref.layers import LayerNorm2d
+from vmamba_ref import SS2DConfig, fastest_backend, vmamba_mini
+from vmamba_ref.tools.baselines import SmallCNN
 from vmamba_ref.tools.data import load_digits
 from vmamba_ref.tools.erf import effective_receptive_field, plot_erf, prepare_image, sample_photos
+from vmamba_ref.tools.pathfinder import EXAMPLE_TASK, load_pathfinder
 from vmamba_ref.tools.train import TrainConfig, fit
 
 QUICK_STEPS = 4
-
-
-class ResidualBlock(nn.Module):
-    """x + conv3x3(relu(bn(conv3x3(x)))), a ResNet basic block (pre-activation left out)."""
-
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.norm1 = nn.BatchNorm2d(c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.norm2 = nn.BatchNorm2d(c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.norm1(self.conv1(x)))  # (b, c, h, w)
-        return torch.relu(x + self.norm2(self.conv2(y)))  # (b, c, h, w)
-
-
-class SmallCNN(nn.Module):
-    """The CNN baseline, shaped like vmamba_mini: the same stem (two stride-2 3x3 convolutions),
-    stages of `depths` residual blocks at `dims` widths, stride-2 3x3 convolutions between
-    stages, and a pooled linear head. `forward_features` returns the (b, c3, H/32, W/32) map."""
-
-    def __init__(self, in_chans: int = 1, num_classes: int = 10,
-                 depths: tuple[int, ...] = (1, 1, 2, 1), dims: tuple[int, ...] = (16, 32, 64, 128)) -> None:
-        super().__init__()
-        c0 = dims[0]
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, c0 // 2, 3, stride=2, padding=1), LayerNorm2d(c0 // 2), nn.GELU(),
-            nn.Conv2d(c0 // 2, c0, 3, stride=2, padding=1), LayerNorm2d(c0),
-        )
-        stages = []
-        for i, (depth, c) in enumerate(zip(depths, dims, strict=True)):
-            stages += [ResidualBlock(c) for _ in range(depth)]
-            if i < len(dims) - 1:
-                stages += [nn.Conv2d(c, dims[i + 1], 3, stride=2, padding=1), nn.BatchNorm2d(dims[i + 1])]
-        self.stages = nn.Sequential(*stages)
-        self.head = nn.Linear(dims[-1], num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x))  # (b, c3, H/32, W/32)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x).mean(dim=(2, 3)))  # (b, num_classes)
 
 
 def central_share(mean_gradient: torch.Tensor) -> float:
@@ -101,6 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="side of the photos the ERF is measured on (a multiple of 64 centres the output)")
     parser.add_argument("--images", type=int, default=10, help="how many of scikit-image's photos to average over")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", choices=["digits", "pathfinder"], default="digits",
+                        help="what both models train on: the digits, or the generated Pathfinder task "
+                             "(vmamba_ref.tools.pathfinder, 8192 training images)")
+    parser.add_argument("--d-state", type=int, default=1, help="VMamba's state size per channel n")
     parser.add_argument("--out", type=Path, default=Path("outputs/effective_receptive_field"), help="folder for the PNG")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_STEPS} training steps, two photos at 64x64")
@@ -112,13 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     resolution, n_images = (64, 2) if args.quick else (args.resolution, args.images)
     photos = [prepare_image(p, resolution, channels=1) for p in sample_photos()[:n_images]]
-    train, test = load_digits(size=32, seed=args.seed)
+    if args.task == "digits":
+        (train, test), classes, shift = load_digits(size=32, seed=args.seed), 10, TrainConfig.shift
+    else:
+        sizes = (64, 64) if args.quick else (8192, 1024)
+        (train, test), classes, shift = load_pathfinder(*sizes, EXAMPLE_TASK, seed=args.seed), 2, 0
     torch.manual_seed(args.seed)
     models = {
-        "CNN": SmallCNN(in_chans=1, num_classes=10),
-        "VMamba": vmamba_mini(backend=args.backend, in_chans=1, num_classes=10),
+        "CNN": SmallCNN(in_chans=1, num_classes=classes),
+        "VMamba": vmamba_mini(backend=args.backend, in_chans=1, num_classes=classes,
+                              ssm=SS2DConfig(d_state=args.d_state)),
     }
-    print(f"VMamba backend {args.backend!r}; ERF over {len(photos)} scikit-image photos at {resolution}x{resolution}")
+    print(f"VMamba backend {args.backend!r}, d_state {args.d_state}; trained on {args.task}; "
+          f"ERF over {len(photos)} scikit-image photos at {resolution}x{resolution}")
 
     maps, shares, accuracies = {}, {}, {}
     for name, model in models.items():
@@ -126,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         maps[f"{name}, before training"] = erf.map
         shares[name, "before"] = central_share(erf.mean_gradient)
     for name, model in models.items():
-        print(f"training {name} on the digits")
-        history = fit(model, train, test, TrainConfig(epochs=args.epochs, seed=args.seed),
+        print(f"training {name} on {args.task}")
+        history = fit(model, train, test, TrainConfig(epochs=args.epochs, seed=args.seed, shift=shift),
                       max_steps=QUICK_STEPS if args.quick else None)
         accuracies[name] = history.epoch_accuracy[-1]  # measured after the last step
         erf = effective_receptive_field(model, photos, progress=True)
@@ -140,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                     title=f"Effective receptive fields, {len(photos)} photos at {resolution}x{resolution}")
 
     print()
-    print("| model  | digits test accuracy | central-quarter share before | after |")
+    print(f"| model  | {args.task + ' test accuracy':>20} | central-quarter share before | after |")
     print("|--------|----------------------|------------------------------|-------|")
     for name in models:
         print(f"| {name:<6} | {100 * accuracies[name]:19.2f}% | {100 * shares[name, 'before']:27.1f}% "

@@ -5,8 +5,14 @@ The VMamba paper trains VMamba-T with Mamba's initialization, a random one and a
 (`SS2DConfig(init="mamba" | "random" | "zero")`, see the tutorial's page on initializations)
 and with several activations after SS2D's depthwise convolution, and reports accuracies within
 a few tenths of a point of each other. This script trains the mini VMamba on scikit-learn's
-digits for every combination of initialization and activation, over several seeds, and prints
-and plots the final test accuracies with their spread (mean, standard deviation, min, max).
+digits (or, with `--task pathfinder`, on the generated long-range task of
+`vmamba_ref.tools.pathfinder`) for every combination of initialization and activation, over
+several seeds, and prints and plots the final test accuracies with their spread (mean, standard
+deviation, min, max).
+
+With one state per channel (`--d-state 1`, VMamba-T's setting) the "mamba" and "zero"
+initializations both start from A = -1; with `--d-state 16` Mamba's S4D-real A = -(1..16)
+differs from zero's A = -1.
 
 Each run uses the same data split, schedule and number of steps; the seed changes the
 initialization and the order of the batches.
@@ -15,6 +21,7 @@ Run:
     python examples/initialization_robustness.py            # full run: 3 x 3 settings x 2 seeds
     python examples/initialization_robustness.py --quick    # a few steps per run, to check it runs
     python examples/initialization_robustness.py --seeds 0 1 2 --epochs 6 --activations silu gelu
+    python examples/initialization_robustness.py --task pathfinder --d-state 16 --activations silu
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from tqdm.auto import tqdm
 from vmamba_ref import SS2DConfig, fastest_backend, vmamba_mini
 from vmamba_ref.config import Activation, Init
 from vmamba_ref.tools.data import load_digits
+from vmamba_ref.tools.pathfinder import EXAMPLE_TASK, load_pathfinder
 from vmamba_ref.tools.plots import _pyplot
 from vmamba_ref.tools.train import TrainConfig, fit
 
@@ -45,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--activations", nargs="+", default=["silu", "gelu", "relu"], choices=get_args(Activation))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--epochs", type=int, default=4, help="training epochs of every run")
+    parser.add_argument("--task", choices=["digits", "pathfinder"], default="digits",
+                        help="the digits, or the generated Pathfinder task (4096 training images)")
+    parser.add_argument("--d-state", type=int, default=1, help="state size per channel n")
     parser.add_argument("--out", type=Path, default=Path("outputs/initialization_robustness"), help="folder for the PNG")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_STEPS} steps per run, one seed, one activation")
@@ -54,9 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def train_one(init: str, act: str, seed: int, args: argparse.Namespace, data) -> float:
     """Final test accuracy of one run."""
     train, test = data
+    classes, shift = (10, TrainConfig.shift) if args.task == "digits" else (2, 0)
     torch.manual_seed(seed)
-    model = vmamba_mini(backend=args.backend, in_chans=1, num_classes=10, ssm=SS2DConfig(init=init, act=act))
-    history = fit(model, train, test, TrainConfig(epochs=args.epochs, seed=seed), progress=False,
+    model = vmamba_mini(backend=args.backend, in_chans=1, num_classes=classes,
+                        ssm=SS2DConfig(init=init, act=act, d_state=args.d_state))
+    history = fit(model, train, test, TrainConfig(epochs=args.epochs, seed=seed, shift=shift), progress=False,
                   max_steps=QUICK_STEPS if args.quick else None)
     return history.epoch_accuracy[-1]  # measured after the last step
 
@@ -92,11 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.activations = args.seeds[:1], args.activations[:1]
     start = time.perf_counter()
-    data = load_digits(size=32, seed=0)
+    if args.task == "digits":
+        data = load_digits(size=32, seed=0)
+    else:
+        data = load_pathfinder(*((64, 64) if args.quick else (4096, 1024)), EXAMPLE_TASK, seed=0)
     settings = [(init, act) for act in args.activations for init in args.inits]
     runs = [(init, act, seed) for init, act in settings for seed in args.seeds]
     steps = "" if not args.quick else f", {QUICK_STEPS} steps each"
-    print(f"{len(settings)} settings x {len(args.seeds)} seeds, {args.epochs} epochs{steps}, backend {args.backend!r}")
+    print(f"{len(settings)} settings x {len(args.seeds)} seeds, {args.epochs} epochs{steps}, backend {args.backend!r}, "
+          f"task {args.task}, d_state {args.d_state}")
 
     results: dict[tuple[str, str], list[float]] = {setting: [] for setting in settings}
     for init, act, seed in tqdm(runs, desc="runs", unit="run"):
@@ -113,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     means = [statistics.mean(v) for v in results.values()]
     print(f"\nrange of the mean accuracies over all settings: {100 * (max(means) - min(means)):.2f} points")
     path = plot(results, args.out / "initialization_robustness.png",
-                title=f"VMamba-mini on digits, {args.epochs} epochs, {len(args.seeds)} seed(s)")
+                title=f"VMamba-mini on {args.task}, n = {args.d_state}, {args.epochs} epochs, {len(args.seeds)} seed(s)")
     print(f"plot saved to {path}")
     print(f"total time: {time.perf_counter() - start:.1f} s")
     return 0

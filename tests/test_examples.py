@@ -91,3 +91,32 @@ def test_check_my_kernel_quick(tmp_path):
     rows = re.findall(r"^   (\w+) +\w+ +(\d+) +[\d.]+  (yes|NO):", out, re.MULTILINE)
     assert len(rows) >= 12 and all(named == "yes" for _, _, named in rows)
     assert "python examples/check_my_kernel.py [--quick]" in (EXAMPLES / "check_my_kernel.py").read_text()
+
+
+def test_long_range_pathfinder_quick(tmp_path):
+    out = run_quick("long_range_pathfinder", tmp_path)
+    assert "backend 'ref'" in out
+    counts = dict(re.findall(r"^  (.+?) +([\d,]+) parameters", out, re.MULTILINE))
+    assert list(counts) == ["VMamba-mini", "VMamba-mini, no scan", "CNN", "ViT"]
+    sizes = [int(c.replace(",", "")) for c in counts.values()]
+    assert all(0.8 <= size / sizes[0] <= 1.2 for size in sizes)  # the baselines match VMamba-mini's size
+    rows = re.findall(r"^\| (VMamba-mini|VMamba-mini, no scan|CNN|ViT) +\| +[\d,]+ \| +([\d.]+)% \|", out, re.MULTILINE)
+    assert [r[0] for r in rows] == list(counts)
+    assert all(0 <= float(accuracy) <= 100 for _, accuracy in rows)
+    assert (tmp_path / "long_range_pathfinder.png").read_bytes()[:8] == PNG_MAGIC
+    assert "python examples/long_range_pathfinder.py --quick" in (EXAMPLES / "long_range_pathfinder.py").read_text()
+    assert load("long_range_pathfinder").parse_args([]).backend == fastest_backend("cpu")
+
+
+@pytest.mark.parametrize("name", ["initialization_robustness", "effective_receptive_field"])
+def test_studies_run_on_pathfinder_quick(tmp_path, name):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), "--quick", "--backend", "ref", "--out", str(tmp_path),
+         "--task", "pathfinder", "--d-state", "2"],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pathfinder" in result.stdout and "d_state 2" in result.stdout
+    assert (tmp_path / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+    assert load(name).parse_args([]).task == "digits"  # the default keeps the digits
