@@ -32,7 +32,7 @@ from vmamba_ref.layers import DropPath, LayerNorm2d, Linear2d, Mlp
 from vmamba_ref.ss2d import SS2D
 
 CHUNK_TOKENS = 4096
-"""Tokens per chunk of `VMamba.run_blocks`: VMamba-T's stage 1 (56 x 56 = 3,136 tokens) runs image
+"""Tokens per chunk of `VSSStage.run_blocks`: VMamba-T's stage 1 (56 x 56 = 3,136 tokens) runs image
 by image, with its largest temporary (b=1, 4 * 96 channels) at 4.8 MB."""
 
 
