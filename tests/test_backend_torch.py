@@ -270,3 +270,22 @@ def test_torch_is_a_registered_backend_that_needs_nothing_more():
     assert ops.ss2d_core is module.ss2d_core and ops.cross_merge is module.cross_merge
     x = torch.randn(1, 2, 3, 3)
     assert torch.equal(vmamba_fast.cross_scan(x, backend="torch"), vmamba_ref.cross_scan(x))
+
+
+# ---------------------------------------------------------------- the state recurrence's gradients
+
+
+@pytest.mark.parametrize("l", [1, 2, 5, 13])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_state_recurrence_gradients_and_second_derivatives(l, with_state):
+    """`scan_states` has its own backward (the adjoint recurrence, in the loop's products) and
+    forward-mode rule: float64 gradcheck and gradgradcheck, with and without an initial state."""
+    from vmamba_fast.pytorch.selective_scan import scan_states
+
+    g = torch.Generator().manual_seed(l)
+    log_decay = (-torch.rand(2, 3, l, generator=g, dtype=torch.float64)).requires_grad_()  # (2, 3, l)
+    drive = torch.randn(2, 3, l, generator=g, dtype=torch.float64).requires_grad_()  # (2, 3, l)
+    state = torch.randn(2, 3, generator=g, dtype=torch.float64).requires_grad_() if with_state else None
+    inputs = (log_decay, drive, state)
+    assert torch.autograd.gradcheck(scan_states, inputs, check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(scan_states, inputs)
