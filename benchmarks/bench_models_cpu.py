@@ -146,6 +146,39 @@ def build_rows(quick: bool, size: int) -> list[Row]:
     return rows
 
 
+CATEGORIES = {
+    "matrix products": ("aten::mm", "aten::addmm", "aten::bmm"),
+    "convolutions (stem, depthwise, downsampling)": ("aten::mkldnn_convolution",),
+    "SS2D cores": ("vmamba::ss2d_core_fwd",),
+    "GELU and SiLU": ("aten::gelu", "aten::silu"),
+    "LayerNorm": ("aten::native_layer_norm",),
+    "copies (layouts, casts, bias fill)": ("aten::copy_",),
+    "residual adds": ("aten::add",),
+}
+"""How `breakdown` groups the profiler's operators (self time; the rest is "other")."""
+
+
+def breakdown(row: Row, batch: int, size: int) -> None:
+    """Where one forward's time goes, by operator category: torch.profiler's self CPU time of
+    one untimed-then-profiled call. Self times of threads overlap, so the shares are of their
+    sum, not of the wall time."""
+    images = torch.randn(batch, 3, size, size)
+    with torch.no_grad():
+        row.model.eval()(images)
+        with torch.profiler.profile() as profile:
+            row.model(images)
+    spent = {name: 0.0 for name in [*CATEGORIES, "other"]}
+    for event in profile.key_averages():
+        name = next((c for c, keys in CATEGORIES.items() if event.key in keys), "other")
+        spent[name] += event.self_cpu_time_total / 1e3  # ms
+    total = sum(spent.values())
+    print(f"\n## Where {row.name}'s forward spends its time (batch {batch}, float32, profiler self time)\n")
+    print("| operators | ms | share |")
+    print("|---|---|---|")
+    for name, ms in spent.items():
+        print(f"| {name} | {ms:.0f} | {ms / total:.0%} |")
+
+
 def compiled_row(row: Row) -> Row:
     """`row`'s model under torch.compile (inductor, default settings), for the float32 inference
     tables: its first call per batch size compiles, in the untimed warm-up."""
@@ -156,6 +189,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny inputs and models: checks the script runs")
     parser.add_argument("--rounds", type=int, default=3, help="timed calls per row and configuration")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="only profile VMamba-T's forward by operator category"
+    )
     parser.add_argument(
         "--no-compile", action="store_true", help="skip the torch.compile row (it compiles for about a minute per batch size)"
     )
@@ -170,6 +206,9 @@ def main() -> None:
     peaks = {dtype: matmul_peak(dtype, 0.2 if args.quick else 1.0) for dtype in (torch.float32, torch.bfloat16)}
     print(", ".join(f"matmul peak {str(d).removeprefix('torch.')}: {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items()))
     rows = build_rows(args.quick, size)
+    if args.breakdown:
+        breakdown(rows[0], batches[-1], size)
+        return
     reference = rows[0].name  # VMamba-T on the first fast backend (numba when installed)
     compiled = compiled_row(rows[0]) if not args.no_compile else None
     for train in (False, True):
