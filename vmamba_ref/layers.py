@@ -8,7 +8,8 @@ Shapes are channel-first; memory need not be. Both layers work on the (b, h, w, 
 input, which is free when the map is stored channels_last (`torch.channels_last`, as the network
 keeps its maps on the CPU): the per-pixel linear map is then one matrix product over b*h*w rows
 and the LayerNorm normalises contiguous rows, with no layout copy. On a channel-first map the
-same code is correct and copies once.
+same code is correct and copies once. Off the CPU the maps stay channel-first and Linear2d
+runs as the official 1x1 convolution.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ class Linear2d(nn.Linear):
     """A per-pixel linear map (a 1x1 convolution) with nn.Linear's (out, in) weight."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":  # the network keeps GPU maps channel-first, as the official one
+            return self.forward_as_conv(x)  # (b, out, h, w)
         x = F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias)  # (b, h, w, in) -> (b, h, w, out)
         return x.permute(0, 3, 1, 2)  # (b, h, w, out) -> (b, out, h, w)
 
     def forward_as_conv(self, x: torch.Tensor) -> torch.Tensor:
-        """The same map as the official layer computes it, a 1x1 convolution: the FLOP counter
-        runs this form, so that these layers count under `conv` as in the authors' tables."""
+        """The same map as the official layer computes it, a 1x1 convolution: what runs off the
+        CPU, and what the FLOP counter runs, so that these layers count under `conv` as in the
+        authors' tables."""
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)  # (b, in, h, w) -> (b, out, h, w)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -59,8 +59,8 @@ class SS2D(nn.Module):
         (b, d, h, w) in float32 (float64 for float64 x).
 
         The projections are per-pixel matrix products. x_proj runs on the (b, l, d) token rows of
-        x, which are a view when x is stored channels_last (as the network keeps its maps on the
-        CPU), so the largest product reads x in place; dt_proj then takes the small (b, k, r, l)
+        x, a view of x stored either way (channels_last, as the network keeps its maps on the
+        CPU, or channel-first), so the largest product reads x in place; dt_proj then takes the small (b, k, r, l)
         step ranks to the (b, k, d, l) layout that the core reads, with no copy of delta, the
         largest tensor here (k times x). B and C are reordered once (n rows per route, small).
         Both projections are batched products, as the official grouped ones, which is how the
@@ -75,7 +75,7 @@ class SS2D(nn.Module):
             # times larger than x, is written once in the kernel's dtype, not cast afterwards.
             x = x.to(dtype)  # (b, d, h, w)
         with torch.autocast("cpu", enabled=False):  # the line above chose the CPU's dtype
-            tokens = x.permute(0, 2, 3, 1).reshape(b, l, d)  # (b, d, h, w) -> (b, l, d), a view if channels_last
+            tokens = x.flatten(2).transpose(1, 2)  # (b, d, h, w) -> (b, l, d), a view in either layout
             weight = self.x_proj_weight.to(x.dtype).reshape(k * e, d).t().expand(b, d, k * e)  # (b, d, k*e)
             x_dbl = torch.bmm(tokens, weight)  # (b, l, d) @ (b, d, k*e) -> (b, l, k*e)
             dts, Bs, Cs = torch.split(x_dbl.view(b, l, k, e), [r, n, n], dim=3)  # (b,l,k,r), (b,l,k,n) x2
