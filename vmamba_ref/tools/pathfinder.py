@@ -19,7 +19,8 @@ earlier one (its ends and the markers on them: `separation + 1`), or its ends co
 pixels apart (Chebyshev distance), the ink of two curves at least 3, so a flood fill over the
 ink that bridges 2 pixels recovers each curve (the tests check every label that way).
 
-Generation is NumPy only, deterministic for a seed, and takes about a millisecond an image.
+Generation is NumPy only, deterministic for a seed, and takes a few milliseconds an image on one
+CPU core (rejection sampling: a batch of candidate walks per curve, the first that fits is kept).
 """
 
 from __future__ import annotations
