@@ -33,7 +33,7 @@ def components(image: np.ndarray) -> tuple[np.ndarray, int]:
     ink = image > 0
     pieces = np.zeros(image.shape, dtype=np.int64)
     count = 0
-    for start in zip(*np.nonzero(ink)):
+    for start in zip(*np.nonzero(ink), strict=True):
         if pieces[start]:
             continue
         count += 1
@@ -70,7 +70,7 @@ def test_the_two_classes_have_the_same_ink(config):
     standard_error = np.sqrt(positive.var() / len(positive) + negative.var() / len(negative))
     assert abs(positive.mean() - negative.mean()) < 4 * standard_error
     # what a marker sees: the ink of the 9x9 window around it, on average the same in both classes
-    windows = np.stack([np.pad(g, 4)[r : r + 9, c : c + 9] for g, m in zip(grid, markers) for r, c in m])
+    windows = np.stack([np.pad(g, 4)[r : r + 9, c : c + 9] for g, m in zip(grid, markers, strict=True) for r, c in m])
     per_image = windows.reshape(len(grid), 2, 81).sum(axis=(1, 2))  # (b,)
     positive, negative = per_image[labels == 1], per_image[labels == 0]
     standard_error = np.sqrt(positive.var() / len(positive) + negative.var() / len(negative))
