@@ -60,7 +60,7 @@ def scan_fwd_kernel(u, delta, A, B, C, D, delta_bias, delta_softplus, y):
     """
     b, kd, l = u.shape
     k, n = B.shape[1], B.shape[2]
-    h = np.zeros(n)  # the state of one channel: n numbers
+    h = A[0].copy()  # room for the state of one channel, n numbers (zeroed per channel below)
     for i_b in range(b):
         for c in range(kd):
             i_k = c // (kd // k)  # the route of channel c; its d channels share B and C
