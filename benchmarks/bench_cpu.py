@@ -646,7 +646,7 @@ def main() -> None:
         tuned = "allocator tuned: freed memory kept"
         if keep_freed_memory():
             cores = core_table(args.quick, tuned)
-            if not args.no_model:
+            if not (args.no_model or args.quick):  # --quick checks the plumbing once
                 models = model_table(args.quick, budget, tuned)
         else:
             print("\nmallopt is not available (not glibc): only the plain-process figures")

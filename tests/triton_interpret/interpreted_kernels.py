@@ -88,13 +88,13 @@ def test_cross_merge_matches_reference(inputs):
     assert_matches_reference(cross_merge, inputs, op="cross_merge", check_grad=True)
 
 
-@interpreted(14)
+@interpreted(10)
 @given(
     inputs=selective_scan_inputs(
         dtypes=DTYPES,
         routes=(1, 2, 4),
         max_channels=5,
-        max_length=20,
+        max_length=13,  # more than one tile of the largest block_t (8), not a multiple of it
         max_state=3,
         inits=("mamba", "random", "zero"),
         requires_grad=True,
@@ -106,13 +106,13 @@ def test_selective_scan_and_every_gradient_match_reference(inputs, blocks):
     assert_matches_reference(fn, inputs, op="selective_scan", check_grad=True)
 
 
-@interpreted(12)
+@interpreted(9)
 @given(
     inputs=ss2d_core_inputs(
         dtypes=DTYPES,
         max_batch=2,
         max_channels=3,
-        max_side=5,
+        max_side=4,
         max_state=2,
         inits=("mamba", "random", "zero"),
         requires_grad=True,
