@@ -39,7 +39,7 @@ from vmamba_ref import SS2DConfig, fastest_backend, vmamba_mini
 from vmamba_ref.config import Activation, Init
 from vmamba_ref.tools.data import load_digits
 from vmamba_ref.tools.pathfinder import EXAMPLE_TASK, load_pathfinder
-from vmamba_ref.tools.plots import _pyplot
+from vmamba_ref.tools.plots import _pyplot, save_figure
 from vmamba_ref.tools.train import TrainConfig, fit
 
 QUICK_STEPS = 2
@@ -94,10 +94,7 @@ def plot(results: dict[tuple[str, str], list[float]], path: Path, title: str) ->
            ylim=(max(0.0, lowest - 5), 100), title=title)
     ax.legend(loc="lower right")
     ax.grid(axis="y", alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

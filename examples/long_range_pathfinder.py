@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from vmamba_ref import SS2DConfig, fastest_backend, vmamba_mini
 from vmamba_ref.tools.baselines import SmallCNN, SmallViT, remove_scan
 from vmamba_ref.tools.pathfinder import EXAMPLE_TASK, load_pathfinder
-from vmamba_ref.tools.plots import _pyplot
+from vmamba_ref.tools.plots import _pyplot, save_figure
 from vmamba_ref.tools.train import TrainConfig, fit
 
 QUICK_STEPS = 2
@@ -96,10 +96,7 @@ def plot(results: dict[str, list[float]], path: Path, title: str) -> Path:
            title=title)
     ax.legend(loc="upper right")
     ax.grid(axis="y", alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

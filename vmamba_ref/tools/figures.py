@@ -40,7 +40,7 @@ from vmamba_ref.tools.evidence import (
     scan_jacobian,
     selectivity_example,
 )
-from vmamba_ref.tools.plots import _pyplot
+from vmamba_ref.tools.plots import _pyplot, save_figure
 from vmamba_ref.tools.train import TrainConfig, fit
 
 ROUTE_NAMES = ("row-major", "column-major", "row-major, reversed", "column-major, reversed")
@@ -75,11 +75,7 @@ def route_orders_figure(path: str | Path, h: int = 2, w: int = 3) -> Path:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"route {k}: {ROUTE_NAMES[k]}\n{pos[k]}", fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def erf_initializations_figure(path: str | Path, resolution: int = 64, num_images: int = 4, seed: int = 0) -> Path:
@@ -171,7 +167,7 @@ def digit_routes_figure(path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="upper left")
     fig.suptitle(f"First SS2D of VMamba-mini after {DIGIT_STEPS} training steps, inner channel {channel} of {d}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def digit_cross_merge_figure(path: str | Path) -> Path:
@@ -197,7 +193,7 @@ def digit_cross_merge_figure(path: str | Path) -> Path:
         ax.set_yticks([])
     fig.colorbar(image_, ax=axes, shrink=0.8)
     fig.suptitle(f"Cross-merge of the first SS2D on the digit, inner channel {channel} of {d}, {h}x{w} grid")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def vss_block_figure(path: str | Path) -> Path:
@@ -244,7 +240,7 @@ def vss_block_figure(path: str | Path) -> Path:
             ha="center", fontsize=9, color="dimgray")
     ax.add_patch(plt.Rectangle((4.6, 2.5), 7.9, 10.9, fill=False, ls="--", edgecolor="gray"))
     arrow((3.2, 9.0), (4.6, 9.0), "gray", "-")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def route_dependence_figure(path: str | Path, h: int = 6, w: int = 6, i: int = 2, j: int = 3) -> Path:
@@ -272,7 +268,7 @@ def route_dependence_figure(path: str | Path, h: int = 6, w: int = 6, i: int = 2
         ax.set_xlabel("input position q (row-major)")
         ax.set_ylabel("output position p")
     fig.suptitle(f"Which inputs each output depends on, {h}x{w} grid (blank: exactly zero)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def selectivity_figure(path: str | Path) -> Path:
@@ -299,7 +295,7 @@ def selectivity_figure(path: str | Path) -> Path:
     for ax in (left, right):
         ax.grid(alpha=0.3)
     fig.suptitle("Selectivity: the step size dt_t decides what enters the state and when it is forgotten (a = -1, n = 1)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def memory_length_figure(path: str | Path, length: int = 1000) -> Path:
@@ -324,7 +320,7 @@ def memory_length_figure(path: str | Path, length: int = 1000) -> Path:
     right.legend(fontsize=8)
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def kernel_tutorial_timings_figure(path: str | Path, lengths: tuple[int, ...] = (256, 1024, 4096)) -> Path:
@@ -349,16 +345,7 @@ def kernel_tutorial_timings_figure(path: str | Path, lengths: tuple[int, ...] = 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Best of 5 calls (the reference: 1), {os.cpu_count()} CPU core(s), float32 inputs")
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
-    plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 FIGURES = {

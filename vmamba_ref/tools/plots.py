@@ -18,6 +18,16 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write `fig` to `path` as PNG (creating its folder) and close it; returns the path."""
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_history(history: History, path: str | Path, title: str = "VMamba on digits") -> Path:
     """Training loss per step (left) and test accuracy per epoch (right), saved to `path`."""
     plt = _pyplot()
