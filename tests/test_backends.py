@@ -25,7 +25,7 @@ def test_unknown_and_missing_backends_fail_loudly(monkeypatch):
     with pytest.raises(ValueError, match="backend must be one of"):
         get_ops("cuda")
     monkeypatch.setattr(contract, "_LOADED", {})  # a process that has loaded no backend yet
-    monkeypatch.setattr(contract.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(contract, "INSTALLED", dict.fromkeys(contract.INSTALLED, False))
     with pytest.raises(BackendUnavailableError, match=r"pip install 'vmamba\[triton\]'"):
         get_ops("triton")
 

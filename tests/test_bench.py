@@ -80,7 +80,7 @@ def test_mixed_precision_runs_under_autocast():
 
 def test_an_unavailable_backend_is_refused(monkeypatch, capsys):
     monkeypatch.setattr(contract, "_LOADED", {})  # a process that has loaded no backend yet
-    monkeypatch.setattr(contract.importlib.util, "find_spec", lambda name: None)  # nothing installed
+    monkeypatch.setattr(contract, "INSTALLED", dict.fromkeys(contract.INSTALLED, False))  # nothing installed
     with pytest.raises(BackendUnavailableError, match="numba"):
         run_benchmark(BenchConfig(model="vmamba_mini", backend="numba", resolution=16, iters=1))
     assert main(["bench", "vmamba_mini", "--backend", "triton", "--resolution", "16", "--iters", "1"]) == 2

@@ -192,7 +192,7 @@ def test_a_missing_dependency_raises_the_same_error_when_compiled(monkeypatch):
     """Eager and compiled with graph breaks allowed: BackendUnavailableError. With fullgraph=True,
     dynamo reports the exception the traced code raised, and its message says what to install."""
     monkeypatch.setattr(contract, "_LOADED", {})  # a process that has loaded no backend yet
-    monkeypatch.setattr(contract.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(contract, "INSTALLED", dict.fromkeys(contract.INSTALLED, False))
     torch._dynamo.reset()  # no compiled code from an earlier test, traced with numba installed
 
     def f(x):

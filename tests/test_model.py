@@ -187,7 +187,7 @@ def test_unknown_backend_and_override_fail_loudly(monkeypatch):
     import vmamba_ref.contract as contract
 
     monkeypatch.setattr(contract, "_LOADED", {})  # a process that has loaded no backend yet
-    monkeypatch.setattr(contract.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(contract, "INSTALLED", dict.fromkeys(contract.INSTALLED, False))
     with pytest.raises(BackendUnavailableError, match=r"pip install 'vmamba\[numba\]'"):
         vmamba_mini(backend="numba")
 

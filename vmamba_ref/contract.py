@@ -520,17 +520,21 @@ def check_backend_name(backend: object) -> str:
     return backend  # type: ignore[return-value]
 
 
-@torch.compiler.assume_constant_result
-def _installed(package: str) -> bool:
-    """Whether `package` can be imported. While `torch.compile` traces, it calls this and keeps
-    the answer as a constant: dynamo cannot trace `importlib`."""
-    return importlib.util.find_spec(package) is not None
+INSTALLED: dict[str, bool] = {
+    package: importlib.util.find_spec(package) is not None
+    for _, package in BACKEND_MODULES.values()
+    if package is not None
+}
+"""Whether each backend's optional package can be imported, looked up once when this module is
+imported (without importing the package). A dict, because `torch.compile` traces a lookup but
+not `importlib`; and not a `torch.compiler.assume_constant_result` function, whose decorator
+imports dynamo, two seconds of every `import vmamba_ref`."""
 
 
 def is_available(backend: str) -> bool:
     """True when `backend`'s optional dependency is installed."""
     package = BACKEND_MODULES[check_backend_name(backend)][1]
-    return package is None or _installed(package)
+    return package is None or INSTALLED[package]
 
 
 def available_backends() -> list[str]:
@@ -561,7 +565,7 @@ def get_ops(backend: str) -> ScanOps:
     if ops is not None:
         return ops
     name, package = BACKEND_MODULES[check_backend_name(backend)]
-    if package is not None and not _installed(package):
+    if package is not None and not INSTALLED[package]:
         raise BackendUnavailableError(
             f"backend {backend!r} needs the `{package}` package: "
             f"pip install 'vmamba[{backend}]', or pass backend='ref'"
