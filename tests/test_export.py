@@ -84,11 +84,15 @@ def test_export_needs_the_torch_backend_and_says_how_to_get_it():
         assert_within_table(export_program(rebuilt, x).module()(x), ref_model(x))
 
 
-def test_onnx_export_of_the_mini_model_with_the_optimizer_and_a_free_batch(tmp_path, mini):
-    path = export_onnx(mini, tmp_path / "mini.onnx", default_example(mini, image_size=32, batch_size=2),
+def test_onnx_export_of_a_small_model_with_the_optimizer_and_a_free_batch(tmp_path):
+    """One block per stage at 16x16: a free batch dimension makes the exporter and the optimizer
+    several times slower than a fixed one, whatever the model, so the model is kept small."""
+    torch.manual_seed(0)
+    model = vmamba_mini(backend="torch", depths=(1, 1, 1, 1)).eval()
+    path = export_onnx(model, tmp_path / "small.onnx", default_example(model, image_size=16, batch_size=2),
                        optimize=True, dynamic_batch=True)
     for batch in (1, 3):
-        parity = onnx_parity(path, mini, torch.randn(batch, 3, 32, 32))
+        parity = onnx_parity(path, model, torch.randn(batch, 3, 16, 16))
         assert parity.max_abs <= ONNX_ATOL, parity
 
 
