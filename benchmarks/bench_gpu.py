@@ -1,13 +1,19 @@
-"""GPU benchmark of backend="triton": the scan against its baselines, its bandwidth roofline, and
-VMamba-T end-to-end inference throughput.
+"""The paper's throughput table, re-run on one GPU: VMamba-T/S/B through our Triton backend
+against the official code with its compiled CUDA scan, the official code on our kernels, and
+timm's ConvNeXt-T and Swin-T; plus the scan's fraction of the bandwidth roofline.
 
-    python benchmarks/bench_gpu.py                  # on one CUDA GPU, the full run
-    python benchmarks/bench_gpu.py --quick          # fewer repetitions, smaller batch
-    python benchmarks/bench_gpu.py --interpret      # tiny shapes on the CPU through Triton's
-                                                    # interpreter: checks the script, not speed
+    python benchmarks/bench_gpu.py --official PATH --official-build DIR   # the full table
+    python benchmarks/bench_gpu.py --quick                  # VMamba-T only, batch 32, 5 + 5 iterations
+    python benchmarks/bench_gpu.py --interpret              # tiny shapes on the CPU through Triton's
+                                                            # interpreter: checks the script, not speed
+    python benchmarks/bench_gpu.py --dry-run --official PATH  # on any machine: builds every model
+                                                            # on the CPU, compares parameter counts
 
-Everything is measured in one run on one device and reported as ratios, since absolute times
-move between runs and machines:
+`benchmarks/gpu_table.sh` builds the official kernels and runs this in one call. PATH is an
+official VMamba checkout (MIT licence), imported from there at run time and never copied into
+this project; DIR is the `--build-dir` of `build_official_kernels.py`.
+
+Everything is measured in one run on one device, with the settings printed first:
 
 1. Memory bandwidth of the device, from a large device-to-device copy (2 bytes moved per byte
    copied).
@@ -16,87 +22,194 @@ move between runs and machines:
    a plain PyTorch baseline (a log-step parallel scan on materialized (b, k*d, n, l) tensors).
 3. The scan's fraction of the bandwidth roofline: its minimum traffic (u, delta, B, C read once,
    y written once) divided by its time, over the measured bandwidth.
-4. VMamba-T inference in images/s, batch 128 at 224x224, eval mode, float32 and bfloat16
-   (autocast: matmuls and convolutions in bfloat16, norms in float32), 50 warm-up and 30 timed iterations as the paper
-   measures. The paper reports 1,686 images/s on one A100; the target on one H100 is 2,500.
+4. The model table (`gpu_model_rows.py`, one process per implementation and size, so that the
+   two variants of the official code never share `sys.modules`): batch 128 at 224x224, 50
+   warm-up and 30 timed iterations as the paper measures, each iteration between two
+   `torch.cuda.synchronize()` calls; inference and a training step (forward, cross-entropy,
+   backward, AdamW step); float32 with TF32 off ("fp32"), float32 with TF32 on ("tf32"), and
+   bfloat16 autocast with TF32 off ("bf16"). Columns: images/s (batch / median time), the ratio
+   to the official implementation (compiled oflex scan) in the same row setting, and peak memory
+   (`torch.cuda.max_memory_allocated`).
+
+Rows run most-wanted first (VMamba-T in every setting, then S and B inference, then their
+training steps); with `--budget-s`, a row that would end after the budget is skipped and says
+so. The paper reports 1,686 images/s for VMamba-T on one A100; the target on one H100 or H200 is
+2,500.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import gpu_model_rows as rows_mod
+from gpu_model_rows import IMPLS, MODES, PRECISIONS, Row, Timing
+
 ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().parent / "gpu_model_rows.py"
 PAPER_A100_IMAGES_PER_S = 1686
-H100_TARGET_IMAGES_PER_S = 2500
+GPU_TARGET_IMAGES_PER_S = 2500  # on an H100 or H200
 ROOFLINE_TARGET = 0.70
+WATCHDOG_GRACE_S = 20  # a worker still running this long after the budget is killed
+IMPL_LABELS = {
+    "official": "official, compiled oflex scan",
+    "official+ours": "official code, our kernels (vmamba_fast.compat)",
+    "ours": "ours, backend=triton",
+    "timm": "timm",
+}
 
 
 @dataclass(frozen=True)
 class Shapes:
-    """Sizes of one run: the scan at a VMamba-T stage and the end-to-end model input."""
+    """Sizes of one run: the scan at a VMamba-T stage, the copy, and the model table."""
 
     scan_batch: int
     routes: int  # k
     channels: int  # d per route
     side: int  # h = w of the feature map, l = side**2
     state: int  # n
-    model: str  # constructor in vmamba_ref.model
-    model_batch: int
-    image: int  # input height = width
-    warmup: int
-    iters: int
     scan_iters: int
     ref_iters: int
     copy_bytes: int
+    timing: Timing  # of every model row
+    sizes: tuple[str, ...]  # model sizes, most wanted first
+    impls: tuple[str, ...]
+    precisions: tuple[str, ...]
+    modes: tuple[str, ...]  # of the first size; the others run each mode of these in turn
 
 
-FULL = Shapes(128, 4, 96, 56, 1, "vmamba_tiny", 128, 224, 50, 30, 20, 1, 2**30)
-QUICK = Shapes(16, 4, 96, 56, 1, "vmamba_tiny", 32, 224, 5, 5, 5, 1, 2**28)
-INTERPRET = Shapes(1, 4, 2, 4, 1, "vmamba_mini", 1, 16, 1, 1, 1, 1, 2**16)
+# scan: b, k, d, side, n, iterations (triton and torch, reference loop), copy bytes
+FULL = Shapes(
+    128, 4, 96, 56, 1, 20, 1, 2**30,
+    timing=Timing(batch=128, image=224, warmup=50, iters=30),
+    sizes=("tiny", "small", "base"), impls=IMPLS, precisions=tuple(PRECISIONS), modes=MODES,
+)  # fmt: skip
+QUICK = replace(
+    FULL, scan_batch=16, scan_iters=5, copy_bytes=2**28,
+    timing=Timing(batch=32, image=224, warmup=5, iters=5), sizes=("tiny",),
+)  # fmt: skip
+# The interpreter takes about 10 s per VMamba-mini forward on 2 cores, and 35 s per training
+# step: it runs the inference row only (tests/test_bench_gpu.py runs the training step's code).
+INTERPRET = Shapes(
+    1, 4, 2, 4, 1, 1, 1, 2**16,
+    timing=Timing(batch=1, image=16, warmup=0, iters=1),
+    sizes=("mini",), impls=("ours",), precisions=("fp32",), modes=("inference",),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Job:
+    """One worker process: one implementation at one size, in the modes given."""
+
+    impl: str
+    size: str
+    modes: tuple[str, ...]
+
+
+def plan(shapes: Shapes) -> list[Job]:
+    """Most wanted first, so that a run cut short by its time budget keeps them: the first size
+    in every mode, then the other sizes' inference, then their training steps; within each, the
+    implementations in `IMPLS` order (the official one first: every ratio is to it)."""
+    first, rest = shapes.sizes[0], shapes.sizes[1:]
+    stages = [(first, shapes.modes)]
+    stages += [(size, (mode,)) for mode in shapes.modes for size in rest]
+    return [
+        Job(impl, size, modes)
+        for size, modes in stages
+        for impl in shapes.impls
+        if rows_mod.planned_models(impl, size)
+    ]
+
+
+def names(value: str, known, flag: str) -> tuple[str, ...]:
+    try:
+        return tuple(rows_mod.split_names(value, known, flag))
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="fewer repetitions, smaller batches")
+    mode.add_argument(
+        "--quick", action="store_true", help="VMamba-T only, smaller batch, 5 + 5 iterations"
+    )
     mode.add_argument(
         "--interpret",
         action="store_true",
         help="tiny shapes on the CPU through Triton's interpreter (sets TRITON_INTERPRET=1)",
     )
-    return parser.parse_args(argv)
+    mode.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="no GPU needed: print the settings and the plan, build every model on the CPU",
+    )
+    parser.add_argument("--official", type=Path, help="an official VMamba checkout (its root)")
+    parser.add_argument(
+        "--official-build", type=Path, help="the --build-dir of build_official_kernels.py"
+    )
+    parser.add_argument("--sizes", type=lambda v: names(v, rows_mod.OUR_CONSTRUCTORS, "--sizes"))
+    parser.add_argument("--impls", type=lambda v: names(v, IMPLS, "--impls"))
+    parser.add_argument("--precisions", type=lambda v: names(v, PRECISIONS, "--precisions"))
+    parser.add_argument("--modes", type=lambda v: names(v, MODES, "--modes"))
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        help="skip the rows that would end later than this after the start",
+    )
+    parser.add_argument("--table", type=Path, help="also write the table here (markdown)")
+    parser.add_argument("--json", type=Path, help="also write every row here (JSON)")
+    args = parser.parse_args(argv)
+    if (
+        args.official is not None
+        and not (args.official / rows_mod.OFFICIAL_MODELS / "vmamba.py").is_file()
+    ):
+        parser.error(
+            f"--official {args.official}: no {rows_mod.OFFICIAL_MODELS / 'vmamba.py'} there; pass "
+            "the root of an official VMamba checkout"
+        )
+    if args.official_build is not None and not args.official_build.is_dir():
+        parser.error(f"--official-build {args.official_build}: not a folder")
+    if args.budget_s is not None and args.budget_s <= 0:
+        parser.error(f"--budget-s must be positive, got {args.budget_s}")
+    return args
+
+
+def choose_shapes(args: argparse.Namespace) -> Shapes:
+    shapes = INTERPRET if args.interpret else QUICK if args.quick else FULL
+    overrides = {
+        k: getattr(args, k) for k in ("sizes", "impls", "precisions", "modes") if getattr(args, k)
+    }
+    return replace(shapes, **overrides)
 
 
 def timer(device: str) -> Callable[[Callable[[], object], int, int], float]:
-    """A function (fn, warmup, iters) -> median seconds per call, synchronizing on CUDA."""
+    """A function (fn, warmup, iters) -> median seconds per call, each call between two
+    synchronizes on CUDA."""
     import torch
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def run(fn: Callable[[], object], warmup: int, iters: int) -> float:
         for _ in range(warmup):
             fn()
         times = []
         for _ in range(iters):
-            if device == "cuda":
-                start, end = (
-                    torch.cuda.Event(enable_timing=True),
-                    torch.cuda.Event(enable_timing=True),
-                )
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
         return statistics.median(times)
 
     return run
@@ -156,13 +269,15 @@ def bench_bandwidth(shapes: Shapes, device: str, run) -> float:
     return 2 * src.numel() * 4 / seconds  # bytes per second, read + write
 
 
-def bench_scan(shapes: Shapes, device: str, run, bandwidth: float) -> None:
+def bench_scan(shapes: Shapes, device: str, run, bandwidth: float) -> dict[str, float]:
+    """Time the scan in float32 and bfloat16; returns dtype name -> fraction of the roofline."""
     import torch
 
     import vmamba_fast
     from vmamba_ref.selective_scan import selective_scan as scan_ref
 
     scan_triton = vmamba_fast.get_ops("triton").selective_scan
+    fractions = {}
     for dtype in (torch.float32, torch.bfloat16):
         args = scan_inputs(shapes, device, dtype)
         u, B = args[0], args[3]
@@ -193,81 +308,311 @@ def bench_scan(shapes: Shapes, device: str, run, bandwidth: float) -> None:
             f"{scan_bytes(u, B) / t_triton / 1e9:.1f} GB/s, {roofline:.0%} of the measured "
             f"bandwidth (target {ROOFLINE_TARGET:.0%})"
         )
+        fractions[name] = roofline
+    return fractions
 
 
-def bench_model(shapes: Shapes, device: str, run, dtypes) -> bool:
-    """Images/s of the model in eval mode for each dtype: float32, and bfloat16 under autocast
-    (matmuls and convolutions in bfloat16, norms and the scan's output in float32). Returns
-    False when the model fails to run in one of them, after saying why."""
+# ------------------------------------------------------------------------------------------------
+# The model table
+# ------------------------------------------------------------------------------------------------
+
+
+def print_settings(args: argparse.Namespace, shapes: Shapes, device: str) -> list[str]:
+    """Print, and return, the lines that say how the table was measured."""
     import torch
+    import triton
 
-    from vmamba_ref import model as models
-
-    model = getattr(models, shapes.model)(backend="triton").eval().to(device)
-    x = torch.randn(shapes.model_batch, 3, shapes.image, shapes.image, device=device)
-    ok = True
-    for dtype in dtypes:
-        name = str(dtype).removeprefix("torch.")
-        autocast = torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
-
-        def infer(model=model, x=x, autocast=autocast):
-            with autocast:
-                return model(x)
-
-        try:
-            with torch.inference_mode():
-                seconds = run(infer, shapes.warmup, shapes.iters)
-        except (RuntimeError, TypeError, ValueError) as err:
-            print(f"\n{shapes.model}, {name}: FAILED, the model does not run: {err}")
-            ok = False
-            continue
-        images_per_s = shapes.model_batch / seconds
-        print(
-            f"\n{shapes.model}, {name}, batch {shapes.model_batch} at {shapes.image}x{shapes.image}: "
-            f"{images_per_s:,.0f} images/s ({shapes.warmup} warm-up, {shapes.iters} timed)"
+    t = shapes.timing
+    if device == "cuda":
+        major, minor = torch.cuda.get_device_capability()
+        where = f"{torch.cuda.get_device_name()} (compute capability {major}.{minor})"
+    else:
+        where = (
+            "the CPU (Triton interpreter)" if args.interpret else "the CPU (dry run: nothing timed)"
         )
-        if shapes.model == "vmamba_tiny":
-            print(
-                f"  {images_per_s / PAPER_A100_IMAGES_PER_S:.2f}x the paper's A100 figure "
-                f"({PAPER_A100_IMAGES_PER_S:,}); {images_per_s / H100_TARGET_IMAGES_PER_S:.2f}x "
-                f"the H100 target ({H100_TARGET_IMAGES_PER_S:,})"
+    lines = [
+        f"device: {where}; torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}, "
+        f"python {sys.version.split()[0]}",
+        f"batch {t.batch} at {t.image}x{t.image}; {t.warmup} warm-up and {t.iters} timed iterations per row, "
+        "each between two torch.cuda.synchronize(); images/s = batch / median",
+        "precisions: fp32 = float32, TF32 off; tf32 = float32, TF32 on; bf16 = bfloat16 autocast, "
+        "TF32 off (TF32 = torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32, "
+        "set per row and read back into the JSON rows)",
+        f"torch.backends.cudnn.benchmark = {torch.backends.cudnn.benchmark}; training step: "
+        "cross-entropy on fixed random labels, AdamW (torch defaults), gradients set to None",
+        f"official checkout: {args.official or 'not given'}; compiled oflex build: "
+        f"{args.official_build or 'not given'}",
+    ]
+    for line in lines:
+        print(line)
+    return lines
+
+
+def worker_command(
+    job: Job, args, shapes: Shapes, device: str, deadline: float | None
+) -> list[str]:
+    t = shapes.timing
+    command = [
+        sys.executable, str(WORKER), "--impl", job.impl, "--size", job.size,
+        "--modes", ",".join(job.modes), "--precisions", ",".join(shapes.precisions),
+        "--batch", str(t.batch), "--image", str(t.image), "--warmup", str(t.warmup),
+        "--iters", str(t.iters), "--device", device,
+    ]  # fmt: skip
+    for flag, value in (("--official", args.official), ("--official-build", args.official_build)):
+        if value is not None:
+            command += [flag, str(value)]
+    if deadline is not None:
+        command += ["--deadline", repr(deadline)]
+    if args.dry_run:
+        command.append("--dry-run")
+    return command
+
+
+def run_job(
+    job: Job, command: list[str], shapes: Shapes, deadline: float | None, say: Callable[[str], None]
+) -> list[Row]:
+    """Run one worker process, passing its output and a line per row to `say` (a status other
+    than "ok" once per model); return its rows. A worker that exits with an error gets failed
+    rows for those it did not report; one that outlives the budget by WATCHDOG_GRACE_S is
+    stopped."""
+    say(f"\n[{job.impl} / {job.size} / {','.join(job.modes)}]")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    watchdog = None
+    if deadline is not None:
+        watchdog = threading.Timer(max(deadline - time.time(), 0) + WATCHDOG_GRACE_S, proc.kill)
+        watchdog.start()
+    got, repeats = [], 0
+    for line in proc.stdout:
+        row = rows_mod.parse_row(line)
+        if row is None:
+            say("  | " + line.rstrip())
+        elif row.status != "ok" and any(
+            (r.model, r.status) == (row.model, row.status) for r in got
+        ):
+            repeats += 1
+        else:
+            say("  " + describe(row))
+        if row is not None:
+            got.append(row)
+    code = proc.wait()
+    if watchdog is not None:
+        watchdog.cancel()
+    if repeats:
+        say(f"  (and {repeats} more rows with one of the statuses above)")
+    if code != 0:
+        done = {(r.model, r.precision, r.mode) for r in got}
+        status = f"failed: the worker exited with {code} (its output is above)"
+        missing = expected_rows(job, shapes, status)
+        got += [r for r in missing if (r.model, r.precision, r.mode) not in done]
+        say(f"  {status}")
+    return got
+
+
+def run_jobs(jobs: list[Job], args, shapes: Shapes, device: str, deadline) -> list[Row]:
+    """Every job's rows, in plan order. A GPU run starts the workers one after another; a dry
+    run, which times nothing, builds their models side by side and prints each job's output
+    when it ends."""
+    rows: list[Row] = []
+    if not args.dry_run:
+        for job in jobs:
+            if deadline is not None and time.time() > deadline:
+                rows += expected_rows(job, shapes, "skipped: the time budget is spent")
+                continue
+            command = worker_command(job, args, shapes, device, deadline)
+            rows += run_job(job, command, shapes, deadline, lambda line: print(line, flush=True))
+        return rows
+    logs: list[list[str]] = [[] for _ in jobs]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        futures = [
+            pool.submit(
+                run_job,
+                job,
+                worker_command(job, args, shapes, device, None),
+                shapes,
+                None,
+                log.append,
             )
-    return ok
+            for job, log in zip(jobs, logs, strict=True)
+        ]
+        for future, log in zip(futures, logs, strict=True):
+            rows += future.result()
+            print("\n".join(log), flush=True)
+    return rows
+
+
+def expected_rows(job: Job, shapes: Shapes, status: str) -> list[Row]:
+    return [
+        Row(job.impl, job.size, model, precision, mode, status)
+        for model in rows_mod.planned_models(job.impl, job.size)
+        for mode in job.modes
+        for precision in shapes.precisions
+    ]
+
+
+def rate(images_per_s: float) -> str:
+    """Images/s as the table prints it: whole numbers, or 3 digits below 10 (the interpreter)."""
+    return f"{images_per_s:,.0f}" if images_per_s >= 10 else f"{images_per_s:.3g}"
+
+
+def describe(row: Row) -> str:
+    where = f"{row.model}, {row.precision}, {row.mode}"
+    if row.status != "ok":
+        params = "" if row.params is None else f" ({row.params:,} parameters)"
+        return f"{where}: {row.status}{params}"
+    peak = "" if row.peak_mib is None else f", peak {row.peak_mib:,.0f} MiB"
+    return (
+        f"{where}: {row.images_per_s:,.0f} images/s ({row.ms_per_iter:.2f} ms per iteration{peak})"
+    )
+
+
+def ratio_to_official(row: Row, rows: list[Row]) -> float | None:
+    """images/s over the official implementation's (compiled oflex) in the same size, precision
+    and mode; timm's peers compare with the official VMamba-T. None where either is missing."""
+    size = "tiny" if row.impl == "timm" else row.size
+    for ref in rows:
+        if (ref.impl, ref.size, ref.precision, ref.mode) == (
+            "official",
+            size,
+            row.precision,
+            row.mode,
+        ):
+            if ref.status == "ok" and row.status == "ok":
+                return row.images_per_s / ref.images_per_s
+    return None
+
+
+def table(rows: list[Row]) -> list[str]:
+    """The markdown table, one line per row, in the order measured."""
+    lines = [
+        "| model | implementation | precision | mode | images/s | vs official | peak MiB | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ratio = ratio_to_official(row, rows)
+        lines.append(
+            f"| {row.model} | {IMPL_LABELS[row.impl]} | {row.precision} | {row.mode} | "
+            + (rate(row.images_per_s) if row.images_per_s else "")
+            + " | "
+            + (f"{ratio:.2f}x" if ratio is not None else "n/a")
+            + " | "
+            + (f"{row.peak_mib:,.0f}" if row.peak_mib is not None else "")
+            + f" | {row.status} |"
+        )
+    return lines
+
+
+def notes(rows: list[Row], fractions: dict[str, float]) -> list[str]:
+    """The lines under the table: the targets of issue 16, measured or not."""
+    out = []
+    for row in rows:
+        if (row.impl, row.size, row.precision, row.mode, row.status) == (
+            "ours",
+            "tiny",
+            "fp32",
+            "inference",
+            "ok",
+        ):
+            out.append(
+                f"VMamba-T (ours) float32 inference: {row.images_per_s / PAPER_A100_IMAGES_PER_S:.2f}x the "
+                f"paper's A100 figure ({PAPER_A100_IMAGES_PER_S:,}); {row.images_per_s / GPU_TARGET_IMAGES_PER_S:.2f}x "
+                f"the H100/H200 target ({GPU_TARGET_IMAGES_PER_S:,})"
+            )
+    for name, fraction in fractions.items():
+        out.append(
+            f"selective scan, {name}, at the shape above: {fraction:.0%} of the measured bandwidth "
+            f"roofline (target {ROOFLINE_TARGET:.0%} in float32 at VMamba-T's stage 1)"
+        )
+    return out
+
+
+def compare_parameters(rows: list[Row]) -> list[str]:
+    """Dry run: print, per size, our parameter count beside the official models'; return a line
+    for each size where they differ (the table would then compare different networks)."""
+    differ = []
+    for size in dict.fromkeys(r.size for r in rows):
+        counts = {r.impl: r.params for r in rows if r.size == size and r.params is not None}
+        ours = counts.pop("ours", None)
+        official = {impl: n for impl, n in counts.items() if impl != "timm"}
+        if ours is None or not official:
+            continue
+        line = f"{rows_mod.MODEL_NAMES[size]}: ours {ours:,} parameters, " + ", ".join(
+            f"{impl} {n:,}" for impl, n in official.items()
+        )
+        same = set(official.values()) == {ours}
+        print(line + (": equal" if same else ": DIFFER"))
+        if not same:
+            differ.append(line)
+    return differ
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    start = time.time()
+    deadline = None if args.budget_s is None else start + args.budget_s
     if args.interpret:
         if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
             raise SystemExit("--interpret: triton was imported before TRITON_INTERPRET=1 was set")
-        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported, here and in the workers
     sys.path.insert(0, str(ROOT))
     import torch
 
     from vmamba_fast.triton.common import is_interpreted
 
-    if args.interpret:
-        device, shapes = "cpu", INTERPRET
-        if not is_interpreted():
+    shapes = choose_shapes(args)
+    if args.interpret or args.dry_run:
+        device = "cpu"
+        if args.interpret and not is_interpreted():
             raise SystemExit("--interpret: triton did not start in interpreter mode")
-        print("Triton interpreter on the CPU: this checks that the benchmark runs; its numbers")
-        print("say nothing about GPU performance.")
     else:
         if not torch.cuda.is_available():
             raise SystemExit(
-                "bench_gpu.py needs a CUDA GPU; pass --interpret to run tiny shapes on the CPU"
+                "bench_gpu.py needs a CUDA GPU; pass --interpret to run tiny shapes on the CPU, or "
+                "--dry-run to check the models and the plan"
             )
-        device, shapes = "cuda", QUICK if args.quick else FULL
-        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    run = timer(device)
-    bandwidth = bench_bandwidth(shapes, device, run)
+        device = "cuda"
+    settings = print_settings(args, shapes, device)
+    if args.interpret:
+        print("Triton interpreter on the CPU: this checks that the benchmark runs; its numbers")
+        print("say nothing about GPU performance.")
+    jobs = plan(shapes)
     print(
-        f"measured bandwidth (device copy of {shapes.copy_bytes / 2**20:g} MiB): {bandwidth / 1e9:.1f} GB/s"
+        f"plan: {len(jobs)} worker processes, {sum(len(expected_rows(j, shapes, '')) for j in jobs)} rows"
     )
-    bench_scan(shapes, device, run, bandwidth)
-    # The interpreter checks the model's float32 path; bfloat16 end to end is a GPU measurement.
-    model_dtypes = (torch.float32,) if args.interpret else (torch.float32, torch.bfloat16)
-    return 0 if bench_model(shapes, device, run, model_dtypes) else 1
+    fractions = {}
+    if not args.dry_run:
+        run = timer(device)
+        bandwidth = bench_bandwidth(shapes, device, run)
+        print(
+            f"measured bandwidth (device copy of {shapes.copy_bytes / 2**20:g} MiB): {bandwidth / 1e9:.1f} GB/s"
+        )
+        fractions = bench_scan(shapes, device, run, bandwidth)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    rows = run_jobs(jobs, args, shapes, device, deadline)
+    failed = [r for r in rows if r.status.startswith("failed")]
+    if args.dry_run:
+        print()
+        failed += compare_parameters(rows)
+        lines = [f"dry run: {len(rows)} rows planned, nothing timed"]
+    else:
+        lines = table(rows) + [""] + notes(rows, fractions)
+        print("\n" + "\n".join(lines))
+    print(
+        f"\n{len(rows)} rows, {sum(r.status == 'ok' for r in rows)} measured, {len(failed)} failed; {time.time() - start:.0f} s"
+    )
+    if args.table:
+        args.table.write_text("\n".join(settings + [""] + lines) + "\n")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"settings": settings, "roofline": fractions, "rows": [asdict(r) for r in rows]},
+                indent=1,
+            )
+        )
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

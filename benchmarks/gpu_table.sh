@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Issue 16's GPU table in one call: build official VMamba's compiled scan for this GPU, then run
+# benchmarks/bench_gpu.py against it, build and measurement within one 10-minute command.
+#
+#   bash benchmarks/gpu_table.sh OFFICIAL [bench_gpu.py arguments]            # on the GPU machine
+#   bash benchmarks/gpu_table.sh --dry-run OFFICIAL [bench_gpu.py arguments]  # anywhere, no GPU:
+#       prints the build command, builds every model on the CPU, compares parameter counts
+#
+# OFFICIAL is the root of an official VMamba checkout (MIT licence): a peer we measure against,
+# imported from there at run time and never copied into this repository's history.
+#
+# On the device machine only this repository's working tree travels; the ../shared folder beside
+# the checkout does not. Before the call, copy the official checkout into a folder inside the
+# repository that git ignores, and name that folder in the device tool's `carry`:
+#
+#   echo /.peers/ >> .git/info/exclude
+#   mkdir -p .peers && cp -r ../shared/peers/official-vmamba .peers/
+#   device run: command "bash benchmarks/gpu_table.sh .peers/official-vmamba",
+#               carry [".peers"], timeout_s 600
+#
+# That machine has nvcc, ninja, timm and torchvision; fvcore (which the official model file
+# imports for FLOP counts only) is replaced by a stand-in when missing (gpu_model_rows.py).
+#
+# Time: BUDGET_S (default 540) seconds for everything; the build may take BUILD_TIMEOUT_S
+# (default 300) of them. A failed or timed-out build does not stop the table: its rows say
+# "skipped". bench_gpu.py skips the rows that would end after the budget, VMamba-T's first.
+#
+# Outputs, in $OUT when it is set, else outputs/gpu_table/: build.log (this script's build
+# step), bench.log (everything bench_gpu.py printed), gpu_table.md (settings and the table),
+# gpu_rows.json (every row). BUILD_DIR (default $TMPDIR/vmamba-official-oflex) holds the build.
+set -euo pipefail
+
+dry_run=()
+if [[ "${1:-}" == "--dry-run" ]]; then
+    dry_run=(--dry-run)
+    shift
+fi
+if [[ $# -lt 1 ]]; then
+    echo "usage: bash benchmarks/gpu_table.sh [--dry-run] OFFICIAL [bench_gpu.py arguments]" >&2
+    exit 2
+fi
+official=$1
+shift
+if [[ ! -d "$official" ]]; then
+    echo "gpu_table.sh: OFFICIAL '$official' is not a folder: pass the root of an official VMamba checkout" >&2
+    exit 2
+fi
+
+cd "$(dirname "$0")/.."
+out=${OUT:-outputs/gpu_table}
+mkdir -p "$out"
+budget=${BUDGET_S:-540}
+build_timeout=${BUILD_TIMEOUT_S:-300}
+build_dir=${BUILD_DIR:-${TMPDIR:-/tmp}/vmamba-official-oflex}
+export PYTHONUNBUFFERED=1
+python=${PYTHON:-python3}
+start=$SECONDS
+
+echo "== build: official selective_scan_cuda_oflex into $build_dir (at most ${build_timeout} s)"
+build_args=(--official "$official" --build-dir "$build_dir" --timeout-s "$build_timeout")
+if "$python" benchmarks/build_official_kernels.py "${build_args[@]}" "${dry_run[@]}" 2>&1 | tee "$out/build.log"; then
+    bench_build=(--official-build "$build_dir")
+else
+    echo "== build failed (see $out/build.log): the table goes on without the compiled official rows"
+    bench_build=()
+fi
+if [[ ${#dry_run[@]} -gt 0 ]]; then
+    bench_build=()  # nothing was built
+fi
+
+left=$((budget - (SECONDS - start)))
+if ((left < 60)); then
+    left=60
+fi
+echo "== measure: $left s left of $budget"
+"$python" benchmarks/bench_gpu.py "${dry_run[@]}" --official "$official" "${bench_build[@]}" \
+    --budget-s "$left" --table "$out/gpu_table.md" --json "$out/gpu_rows.json" "$@" 2>&1 \
+    | tee "$out/bench.log"
+status=${PIPESTATUS[0]}
+echo "== done in $((SECONDS - start)) s; table: $out/gpu_table.md"
+exit "$status"
