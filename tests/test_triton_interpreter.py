@@ -49,3 +49,8 @@ def test_gpu_benchmark_runs_on_tiny_shapes_in_the_interpreter():
     assert result.returncode == 0, result.stdout[-10000:] + result.stderr[-10000:]
     assert "selective scan, bfloat16" in result.stdout
     assert "images/s" in result.stdout
+    # the model row ran in its worker process and reached the table, measured
+    row = "| VMamba-mini | ours, backend=triton | fp32 | inference | "
+    [line] = [line for line in result.stdout.splitlines() if line.startswith(row)]
+    assert line.endswith("| ok |"), line
+    assert "1 rows, 1 measured, 0 failed" in result.stdout

@@ -1,0 +1,321 @@
+"""Claims of the GPU table's scripts (benchmarks/bench_gpu.py, gpu_model_rows.py,
+build_official_kernels.py, gpu_table.sh) that a CPU can check; the timing itself needs the GPU.
+
+The official VMamba checkout is found through the environment variable VMAMBA_OFFICIAL, by
+default ../shared/peers/official-vmamba beside this repository; the test that needs it skips
+without it. Its model file imports timm and einops, which need not be installed here: that test
+puts minimal stand-ins on PYTHONPATH (DropPath and trunc_normal_ in plain torch; einops'
+functions, never called while building).
+"""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+OFFICIAL = Path(os.environ.get("VMAMBA_OFFICIAL", ROOT.parent / "shared" / "peers" / "official-vmamba"))
+needs_official = pytest.mark.skipif(
+    not (OFFICIAL / "classification" / "models" / "vmamba.py").is_file(),
+    reason=f"no official VMamba checkout at {OFFICIAL} (set VMAMBA_OFFICIAL to its root)",
+)
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """The benchmark scripts as modules: (bench_gpu, gpu_model_rows, build_official_kernels)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    names = ("bench_gpu", "gpu_model_rows", "build_official_kernels")
+    return tuple(importlib.import_module(name) for name in names)
+
+
+def fake_checkout(root: Path, modes: str = '["oflex"]') -> Path:
+    """A folder laid out as the official checkout's kernels/, with a setup.py listing `modes`."""
+    setup = root / "kernels" / "selective_scan" / "setup.py"
+    setup.parent.mkdir(parents=True)
+    setup.write_text(f"MODES = {modes}\n")
+    return root
+
+
+# ------------------------------------------------------------------------------------------------
+# build_official_kernels.py
+# ------------------------------------------------------------------------------------------------
+
+
+def test_builder_dry_run_prints_the_command_for_the_detected_arch_and_builds_nothing(tmp_path):
+    official = fake_checkout(tmp_path / "official")
+    build = tmp_path / "build"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "build_official_kernels.py"), "--official", str(official),
+         "--build-dir", str(build), "--dry-run"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert f"setup.py: {official.resolve() / 'kernels' / 'selective_scan' / 'setup.py'}" in out
+    assert "MODES = ['oflex']" in out
+    assert "torch.cuda.get_device_capability()" in out
+    command = out.split("command, in ")[1]
+    assert "TORCH_CUDA_ARCH_LIST=" in command and "MAX_JOBS=" in command
+    assert f"setup.py build_ext --build-lib {build.resolve() / 'lib'}" in command
+    assert not build.exists(), "a dry run must not create the build folder"
+
+
+def test_builder_sets_the_arch_list_to_the_gpus_capability_only(bench, tmp_path, monkeypatch):
+    _, _, builder = bench
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: (9, 0))
+    arch = builder.detected_arch()
+    assert arch == "9.0"
+    plan = builder.make_plan(fake_checkout(tmp_path / "official"), tmp_path / "build", arch)
+    assert plan.env["TORCH_CUDA_ARCH_LIST"] == "9.0"
+    assert plan.command[1:3] == ("setup.py", "build_ext") and plan.src == (tmp_path / "build" / "src")
+    assert plan.source == (tmp_path / "official" / "kernels" / "selective_scan").resolve()
+
+
+def test_builder_refuses_a_missing_checkout_naming_the_argument(bench, tmp_path, capsys):
+    _, _, builder = bench
+    with pytest.raises(SystemExit) as exit_:
+        builder.main(["--official", str(tmp_path / "nowhere"), "--build-dir", str(tmp_path / "b")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--official" in err and "kernels/selective_scan/setup.py" in err
+
+
+def test_builder_refuses_a_setup_py_that_does_not_build_oflex(bench, tmp_path):
+    _, _, builder = bench
+    official = fake_checkout(tmp_path / "official", modes='["core"]')
+    with pytest.raises(SystemExit, match=r"MODES = \['core'\] lacks 'oflex'"):
+        builder.main(["--official", str(official), "--build-dir", str(tmp_path / "b"), "--dry-run"])
+
+
+# ------------------------------------------------------------------------------------------------
+# gpu_model_rows.py: one row's timing, on the CPU
+# ------------------------------------------------------------------------------------------------
+
+
+class TinyNet(nn.Module):
+    """A classifier with the `num_classes` attribute the rows read for their labels."""
+
+    num_classes = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+        )
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_training_row_steps_the_optimizer_and_leaves_no_gradients(bench, precision):
+    _, rows, _ = bench
+    torch.manual_seed(0)
+    model = TinyNet()
+    before = [p.detach().clone() for p in model.parameters()]
+    timing = rows.Timing(batch=2, image=8, warmup=1, iters=2)
+    fields = rows.measure(model, rows.PRECISIONS[precision], "training", timing, "cpu", None)
+    assert fields["status"] == "ok" and fields["images_per_s"] > 0
+    assert fields["images_per_s"] == pytest.approx(2 / (fields["ms_per_iter"] / 1e3))
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training
+
+
+def test_an_inference_row_leaves_the_weights_alone(bench):
+    _, rows, _ = bench
+    model = TinyNet()
+    before = [p.detach().clone() for p in model.parameters()]
+    timing = rows.Timing(batch=2, image=8, warmup=0, iters=1)
+    fields = rows.measure(model, rows.PRECISIONS["tf32"], "inference", timing, "cpu", None)
+    assert fields["status"] == "ok" and not model.training
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+
+def test_a_row_that_would_end_after_the_deadline_stops_at_its_third_iteration(bench):
+    _, rows, _ = bench
+    calls = []
+    timing = rows.Timing(batch=1, image=8, warmup=5, iters=5)
+    step = lambda: (calls.append(1), time.sleep(0.02))  # noqa: E731
+    result = rows.time_iterations(step, timing, "cpu", deadline=time.time() + 0.1)
+    assert isinstance(result, str) and result.startswith("skipped: would end after the time budget")
+    assert len(calls) == 3
+    calls.clear()
+    times = rows.time_iterations(step, timing, "cpu", deadline=time.time() + 60)
+    assert len(times) == 5 and len(calls) == 10 and min(times) >= 0.02
+
+
+def test_rows_round_trip_through_the_worker_protocol(bench):
+    _, rows, _ = bench
+    row = rows.Row("ours", "tiny", "VMamba-T", "bf16", "training", "ok", 2000.5, 64.0, 9000.0, 1, False)
+    assert rows.parse_row(rows.ROW_PREFIX + json.dumps(row.__dict__)) == row
+    assert rows.parse_row("some other output") is None
+
+
+# ------------------------------------------------------------------------------------------------
+# bench_gpu.py: the plan and the table
+# ------------------------------------------------------------------------------------------------
+
+
+def test_plan_runs_vmamba_t_first_and_the_official_code_first_within_each_stage(bench):
+    bench_gpu, _, _ = bench
+    jobs = [(j.impl, j.size, j.modes) for j in bench_gpu.plan(bench_gpu.FULL)]
+    both = ("inference", "training")
+    tiny = [(impl, "tiny", both) for impl in ("official", "official+ours", "ours", "timm")]
+    assert jobs[:4] == tiny
+    later = [(size, mode) for mode in both for size in ("small", "base")]
+    assert jobs[4:] == [
+        (impl, size, (mode,)) for size, mode in later for impl in ("official", "official+ours", "ours")
+    ]
+    rows = sum(len(bench_gpu.expected_rows(j, bench_gpu.FULL, "")) for j in bench_gpu.plan(bench_gpu.FULL))
+    # tiny: 3 VMamba variants + 2 timm peers, 2 modes, 3 precisions; small and base: 3 variants
+    assert rows == (3 + 2) * 2 * 3 + 2 * 3 * 2 * 3
+
+
+def test_the_table_gives_ratios_to_the_official_row_of_the_same_setting(bench):
+    bench_gpu, rows, _ = bench
+    Row = rows.Row
+    measured = [
+        Row("official", "tiny", "VMamba-T", "fp32", "inference", "ok", 1000.0, 128.0, 5000.0),
+        Row("ours", "tiny", "VMamba-T", "fp32", "inference", "ok", 1500.0, 85.3, 4000.0),
+        Row("ours", "tiny", "VMamba-T", "bf16", "inference", "ok", 1800.0, 71.1, 3000.0),
+        Row("timm", "tiny", "Swin-T", "fp32", "inference", "ok", 2500.0, 51.2, 2000.0),
+        Row("official", "small", "VMamba-S", "fp32", "inference", "skipped: the time budget is spent"),
+    ]
+    lines = bench_gpu.table(measured)
+    assert lines[2].startswith("| VMamba-T | official, compiled oflex scan | fp32 | inference | 1,000 | 1.00x |")
+    assert "| 1,500 | 1.50x | 4,000 | ok |" in lines[3]
+    assert "| 1,800 | n/a |" in lines[4], "no official bf16 row: no ratio"
+    assert "| Swin-T | timm | fp32 | inference | 2,500 | 2.50x |" in lines[5]
+    assert lines[6].endswith("| n/a |  | skipped: the time budget is spent |")
+    notes = bench_gpu.notes(measured, {"float32": 0.61})
+    assert any("0.60x the H100/H200 target (2,500)" in n for n in notes)
+    assert any("61% of the measured bandwidth roofline" in n for n in notes)
+
+
+def test_a_dry_run_fails_when_the_official_model_has_other_parameters(bench, capsys):
+    bench_gpu, rows, _ = bench
+    built = "dry run: built, not timed"
+    same = [
+        rows.Row("ours", "tiny", "VMamba-T", "fp32", "inference", built, params=30),
+        rows.Row("official+ours", "tiny", "VMamba-T", "fp32", "inference", built, params=30),
+    ]
+    assert bench_gpu.compare_parameters(same) == []
+    other = same + [rows.Row("official", "tiny", "VMamba-T", "fp32", "inference", built, params=31)]
+    assert len(bench_gpu.compare_parameters(other)) == 1
+    assert ": DIFFER" in capsys.readouterr().out
+
+
+def test_timm_peers_are_skipped_with_a_reason_when_timm_does_not_import(bench, monkeypatch):
+    _, rows, _ = bench
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` raises ImportError
+    with pytest.raises(rows.Skip, match=r"^skipped: timm not importable"):
+        rows.build_timm("convnext_tiny")
+    assert rows.planned_models("timm", "tiny") == ["ConvNeXt-T", "Swin-T"]
+    assert rows.planned_models("timm", "small") == []
+
+
+# ------------------------------------------------------------------------------------------------
+# The official model, built on the CPU through our drop-in modules
+# ------------------------------------------------------------------------------------------------
+
+STAND_INS = {
+    "timm/__init__.py": "",
+    "timm/models/__init__.py": "",
+    "timm/models/layers/__init__.py": '''
+        """Stand-in for the two names official vmamba.py imports from timm, in plain torch."""
+        from torch import nn
+
+
+        class DropPath(nn.Module):
+            def __init__(self, drop_prob=0.0):
+                super().__init__()
+                self.drop_prob = drop_prob
+
+            def forward(self, x):
+                if self.drop_prob == 0.0 or not self.training:
+                    return x
+                keep = 1.0 - self.drop_prob
+                mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+                return x * mask / keep
+
+
+        def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0):
+            return nn.init.trunc_normal_(tensor, mean, std, a, b)
+        ''',
+    "einops/__init__.py": '''
+        """Stand-in: official mamba2/ssd_minimal.py imports these; building a model calls neither."""
+
+
+        def rearrange(*args, **kwargs):
+            raise NotImplementedError("einops stand-in of tests/test_bench_gpu.py")
+
+
+        repeat = rearrange
+        ''',
+}
+
+
+@needs_official
+def test_the_official_vmamba_t_builds_on_our_kernels_with_our_parameter_count(bench, tmp_path):
+    _, rows, _ = bench
+    stand_ins = tmp_path / "stand_ins"
+    for name, text in STAND_INS.items():
+        (stand_ins / name).parent.mkdir(parents=True, exist_ok=True)
+        (stand_ins / name).write_text(textwrap.dedent(text))
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_model_rows.py"), "--impl", "official+ours",
+         "--size", "tiny", "--modes", "inference", "--precisions", "fp32", "--device", "cpu",
+         "--official", str(OFFICIAL), "--dry-run"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(stand_ins)}, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    [row] = [r for r in map(rows.parse_row, result.stdout.splitlines()) if r is not None]
+    assert row.status == "dry run: built, not timed", result.stdout[-3000:] + result.stderr[-3000:]
+    from vmamba_ref.model import vmamba_tiny
+
+    assert row.params == sum(p.numel() for p in vmamba_tiny().parameters())
+
+
+# ------------------------------------------------------------------------------------------------
+# gpu_table.sh --dry-run: the one-call script, end to end on the CPU
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_one_call_script_dry_run_writes_its_outputs(tmp_path):
+    official = fake_checkout(tmp_path / "official")
+    (official / "classification" / "models").mkdir(parents=True)
+    (official / "classification" / "models" / "vmamba.py").write_text("")
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "BUILD_DIR": str(tmp_path / "b")}
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_table.sh"), "--dry-run", str(official), "--sizes", "mini",
+         "--impls", "ours"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bench.log", "build.log", "gpu_rows.json", "gpu_table.md"
+    ]
+    build_log = (out / "build.log").read_text()
+    assert "TORCH_CUDA_ARCH_LIST" in build_log and f"--build-lib {tmp_path / 'b' / 'lib'}" in build_log
+    rows = json.loads((out / "gpu_rows.json").read_text())["rows"]
+    assert len(rows) == 2 * 3 and {r["status"] for r in rows} == {"dry run: built, not timed"}
+    assert "TF32 off" in (out / "gpu_table.md").read_text()
+    missing = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_table.sh"), str(tmp_path / "nowhere")],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "OFFICIAL" in missing.stderr
