@@ -394,8 +394,6 @@ def measure(model, precision: Precision, mode: str, timing: Timing, device: str,
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    import torch
-
     timing = Timing(args.batch, args.image, args.warmup, args.iters)
 
     def rows(name: str, **fields) -> list[Row]:
@@ -406,9 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
 
     for name, build in builders(args).items():
-        try:  # a dry run builds on the CPU ("meta" would not do: the official code calls .item())
-            with torch.device("cpu" if args.dry_run else args.device):
-                model = build()
+        try:  # built on the CPU, as users build them, then moved (a dry run stays there)
+            model = build()
+            if not args.dry_run:
+                model = model.to(args.device)
         except Skip as why:
             for row in rows(name, status=str(why)):
                 emit(row)
