@@ -2,12 +2,12 @@
 against the official code with its compiled CUDA scan, the official code on our kernels, and
 timm's ConvNeXt-T and Swin-T; plus the scan's fraction of the bandwidth roofline.
 
-    python benchmarks/bench_gpu.py --official PATH --official-build DIR   # the full table
-    python benchmarks/bench_gpu.py --quick                  # VMamba-T only, batch 32, 5 + 5 iterations
-    python benchmarks/bench_gpu.py --interpret              # tiny shapes on the CPU through Triton's
-                                                            # interpreter: checks the script, not speed
-    python benchmarks/bench_gpu.py --dry-run --official PATH  # on any machine: builds every model
-                                                            # on the CPU, compares parameter counts
+    python benchmarks/bench_gpu.py --official PATH --official-build DIR  # the full table
+    python benchmarks/bench_gpu.py --quick      # VMamba-T only, batch 32, 5 + 5 iterations
+    python benchmarks/bench_gpu.py --interpret  # tiny shapes on the CPU through Triton's
+                                                # interpreter: checks the script, not speed
+    python benchmarks/bench_gpu.py --dry-run --official PATH  # any machine: builds every
+                                                # model on the CPU, compares parameter counts
 
 `benchmarks/gpu_table.sh` builds the official kernels and runs this in one call. PATH is an
 official VMamba checkout (MIT licence), imported from there at run time and never copied into
@@ -331,10 +331,10 @@ def print_settings(args: argparse.Namespace, shapes: Shapes, device: str) -> lis
             "the CPU (Triton interpreter)" if args.interpret else "the CPU (dry run: nothing timed)"
         )
     lines = [
-        f"device: {where}; torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}, "
-        f"python {sys.version.split()[0]}",
-        f"batch {t.batch} at {t.image}x{t.image}; {t.warmup} warm-up and {t.iters} timed iterations per row, "
-        "each between two torch.cuda.synchronize(); images/s = batch / median",
+        f"device: {where}; torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"triton {triton.__version__}, python {sys.version.split()[0]}",
+        f"batch {t.batch} at {t.image}x{t.image}; {t.warmup} warm-up and {t.iters} timed "
+        "iterations per row, each between two torch.cuda.synchronize(); images/s = batch / median",
         "precisions: fp32 = float32, TF32 off; tf32 = float32, TF32 on; bf16 = bfloat16 autocast, "
         "TF32 off (TF32 = torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32, "
         "set per row and read back into the JSON rows)",
@@ -507,18 +507,17 @@ def table(rows: list[Row]) -> list[str]:
 def notes(rows: list[Row], fractions: dict[str, float]) -> list[str]:
     """The lines under the table: the targets of issue 16, measured or not."""
     out = []
+    headline = ("ours", "tiny", "fp32", "inference", "ok")
     for row in rows:
-        if (row.impl, row.size, row.precision, row.mode, row.status) == (
-            "ours",
-            "tiny",
-            "fp32",
-            "inference",
-            "ok",
-        ):
+        if (row.impl, row.size, row.precision, row.mode, row.status) == headline:
+            paper, target = (
+                row.images_per_s / PAPER_A100_IMAGES_PER_S,
+                row.images_per_s / GPU_TARGET_IMAGES_PER_S,
+            )
             out.append(
-                f"VMamba-T (ours) float32 inference: {row.images_per_s / PAPER_A100_IMAGES_PER_S:.2f}x the "
-                f"paper's A100 figure ({PAPER_A100_IMAGES_PER_S:,}); {row.images_per_s / GPU_TARGET_IMAGES_PER_S:.2f}x "
-                f"the H100/H200 target ({GPU_TARGET_IMAGES_PER_S:,})"
+                f"VMamba-T (ours) float32 inference: {paper:.2f}x the paper's A100 figure "
+                f"({PAPER_A100_IMAGES_PER_S:,}); {target:.2f}x the H100/H200 target "
+                f"({GPU_TARGET_IMAGES_PER_S:,})"
             )
     for name, fraction in fractions.items():
         out.append(
@@ -578,16 +577,14 @@ def main(argv: list[str] | None = None) -> int:
         print("Triton interpreter on the CPU: this checks that the benchmark runs; its numbers")
         print("say nothing about GPU performance.")
     jobs = plan(shapes)
-    print(
-        f"plan: {len(jobs)} worker processes, {sum(len(expected_rows(j, shapes, '')) for j in jobs)} rows"
-    )
+    planned = sum(len(expected_rows(job, shapes, "")) for job in jobs)
+    print(f"plan: {len(jobs)} worker processes, {planned} rows")
     fractions = {}
     if not args.dry_run:
         run = timer(device)
         bandwidth = bench_bandwidth(shapes, device, run)
-        print(
-            f"measured bandwidth (device copy of {shapes.copy_bytes / 2**20:g} MiB): {bandwidth / 1e9:.1f} GB/s"
-        )
+        copied = shapes.copy_bytes / 2**20
+        print(f"measured bandwidth (device copy of {copied:g} MiB): {bandwidth / 1e9:.1f} GB/s")
         fractions = bench_scan(shapes, device, run, bandwidth)
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -600,8 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         lines = table(rows) + [""] + notes(rows, fractions)
         print("\n" + "\n".join(lines))
+    measured = sum(r.status == "ok" for r in rows)
     print(
-        f"\n{len(rows)} rows, {sum(r.status == 'ok' for r in rows)} measured, {len(failed)} failed; {time.time() - start:.0f} s"
+        f"\n{len(rows)} rows, {measured} measured, {len(failed)} failed; {time.time() - start:.0f} s"
     )
     if args.table:
         args.table.write_text("\n".join(settings + [""] + lines) + "\n")

@@ -56,7 +56,7 @@ OFFICIAL_PACKAGE = "vmamba_official_models"
 OFFICIAL_MODELS = Path("classification") / "models"  # inside the official checkout
 OFFLEX = "selective_scan_cuda_oflex"
 
-# size -> our constructor in vmamba_ref.model, the official factory in classification/models/vmamba.py
+# size -> our constructor (vmamba_ref.model), the official factory (classification/models/vmamba.py)
 OUR_CONSTRUCTORS = {
     "mini": "vmamba_mini",
     "tiny": "vmamba_tiny",
@@ -260,9 +260,8 @@ def build_official(args: argparse.Namespace, with_ours: bool):
         )[OFFLEX]
     else:
         if args.official_build is None:
-            raise Skip(
-                f"skipped: {OFFLEX} not built (run build_official_kernels.py, pass --official-build)"
-            )
+            why = "run build_official_kernels.py, pass --official-build"
+            raise Skip(f"skipped: {OFFLEX} not built ({why})")
         expected = import_built_oflex(args.official_build)
     vmamba = load_official(args.official)
     if official_scan_module() is not expected:
@@ -335,7 +334,10 @@ def time_iterations(step, timing: Timing, device: str, deadline: float | None) -
             and left
             and time.time() + left * seconds > deadline
         ):
-            return f"skipped: would end after the time budget ({left} iterations of {seconds:.3f} s left)"
+            return (
+                f"skipped: would end after the time budget ({left} iterations of {seconds:.3f} s "
+                "left)"
+            )
     return times
 
 
@@ -433,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                         fields = measure(
                             model, PRECISIONS[precision], mode, timing, args.device, args.deadline
                         )
-                    except (RuntimeError, TypeError, ValueError) as err:
+                    except Exception as err:  # the row says so; the traceback is above
                         traceback.print_exc()
                         fields = {"status": f"failed: {type(err).__name__}: {first_line(err)}"}
                 emit(Row(args.impl, args.size, name, precision, mode, params=params, **fields))

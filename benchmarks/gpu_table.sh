@@ -42,7 +42,8 @@ fi
 official=$1
 shift
 if [[ ! -d "$official" ]]; then
-    echo "gpu_table.sh: OFFICIAL '$official' is not a folder: pass the root of an official VMamba checkout" >&2
+    echo "gpu_table.sh: OFFICIAL '$official' is not a folder;" \
+        "pass the root of an official VMamba checkout" >&2
     exit 2
 fi
 
@@ -58,7 +59,8 @@ start=$SECONDS
 
 echo "== build: official selective_scan_cuda_oflex into $build_dir (at most ${build_timeout} s)"
 build_args=(--official "$official" --build-dir "$build_dir" --timeout-s "$build_timeout")
-if "$python" benchmarks/build_official_kernels.py "${build_args[@]}" "${dry_run[@]}" 2>&1 | tee "$out/build.log"; then
+if "$python" benchmarks/build_official_kernels.py "${build_args[@]}" "${dry_run[@]}" 2>&1 \
+    | tee "$out/build.log"; then
     bench_build=(--official-build "$build_dir")
 else
     echo "== build failed (see $out/build.log): the table goes on without the compiled official rows"
