@@ -505,7 +505,7 @@ def table(rows: list[Row]) -> list[str]:
 
 
 def notes(rows: list[Row], fractions: dict[str, float]) -> list[str]:
-    """The lines under the table: the targets of issue 16, measured or not."""
+    """The lines under the table: the project's GPU targets, measured or not."""
     out = []
     headline = ("ours", "tiny", "fp32", "inference", "ok")
     for row in rows:

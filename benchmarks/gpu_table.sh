@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16's GPU table in one call: build official VMamba's compiled scan for this GPU, then run
+# The GPU throughput table in one call: build official VMamba's compiled scan for this GPU, then run
 # benchmarks/bench_gpu.py against it, build and measurement within one 10-minute command.
 #
 #   bash benchmarks/gpu_table.sh OFFICIAL [bench_gpu.py arguments]            # on the GPU machine
@@ -9,14 +9,12 @@
 # OFFICIAL is the root of an official VMamba checkout (MIT licence): a peer we measure against,
 # imported from there at run time and never copied into this repository's history.
 #
-# On the device machine only this repository's working tree travels; the ../shared folder beside
-# the checkout does not. Before the call, copy the official checkout into a folder inside the
-# repository that git ignores, and name that folder in the device tool's `carry`:
+# On a remote GPU machine that receives only this repository's working tree, copy the official
+# checkout into a folder inside the repository that git ignores, and send that folder along:
 #
 #   echo /.peers/ >> .git/info/exclude
-#   mkdir -p .peers && cp -r ../shared/peers/official-vmamba .peers/
-#   device run: command "bash benchmarks/gpu_table.sh .peers/official-vmamba",
-#               carry [".peers"], timeout_s 600
+#   mkdir -p .peers && cp -r path/to/VMamba .peers/official-vmamba
+#   then, there: bash benchmarks/gpu_table.sh .peers/official-vmamba   (under 10 minutes)
 #
 # That machine has nvcc, ninja, timm and torchvision; fvcore (which the official model file
 # imports for FLOP counts only) is replaced by a stand-in when missing (gpu_model_rows.py).
