@@ -23,7 +23,7 @@ min, max over seeds) with training times, and saves a plot.
 Run:
     python examples/long_range_pathfinder.py            # full run: 4 models x 2 seeds
     python examples/long_range_pathfinder.py --quick    # a few steps per model, to check it runs
-    python examples/long_range_pathfinder.py --seeds 0 1 2 --steps 600 --train-size 8192
+    python examples/long_range_pathfinder.py --steps 1500 --lr 1e-3   # the longer run of docs/long_range.md
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=300, help="training steps of every model")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr,
+                        help=f"peak AdamW learning rate of every model (default {TrainConfig.lr})")
     parser.add_argument("--train-size", type=int, default=8192, help="generated training images")
     parser.add_argument("--test-size", type=int, default=1024, help="generated test images")
     parser.add_argument("--d-state", type=int, default=1, help="VMamba's state size per channel n")
@@ -107,13 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     train, test = load_pathfinder(args.train_size, args.test_size, EXAMPLE_TASK, seed=0)
     print(f"Pathfinder: {args.train_size} training and {args.test_size} test images "
           f"({time.perf_counter() - start:.1f} s to generate); {args.steps} steps of {args.batch_size}, "
-          f"{len(args.seeds)} seed(s), VMamba backend {args.backend!r}, d_state {args.d_state}")
+          f"learning rate {args.lr:g}, {len(args.seeds)} seed(s), VMamba backend {args.backend!r}, d_state {args.d_state}")
     builders = build_models(args)
     counts = {name: parameter_count(build()) for name, build in builders.items()}
     for name, count in counts.items():
         print(f"  {name:<22} {count:>9,} parameters ({count / counts['VMamba-mini']:.2f}x VMamba-mini)")
 
-    config = TrainConfig(epochs=args.steps, batch_size=args.batch_size, shift=0)  # `steps` cuts every run
+    config = TrainConfig(epochs=args.steps, batch_size=args.batch_size, lr=args.lr, shift=0)  # `steps` cuts every run
     results: dict[str, list[float]] = {name: [] for name in builders}
     seconds: dict[str, float] = {name: 0.0 for name in builders}
     runs = [(name, seed) for name in builders for seed in args.seeds]
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name:<22} | {counts[name]:>7,} | {statistics.mean(values):8.2f}% | {spread:4.2f} | "
               f"{min(values):5.2f}% | {max(values):5.2f}% | {seconds[name] / len(values):12.1f} |")
     path = plot(results, args.out / "long_range_pathfinder.png",
-                title=f"Pathfinder 32x32, {args.steps} steps, {len(args.seeds)} seed(s)")
+                title=f"Pathfinder 32x32, {args.steps} steps, lr {args.lr:g}, {len(args.seeds)} seed(s)")
     print(f"\nplot saved to {path}")
     print(f"total time: {time.perf_counter() - start:.1f} s")
     return 0
