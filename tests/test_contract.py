@@ -174,6 +174,20 @@ def test_every_fast_backend_has_its_import_statement():
             assert module == "vmamba_ref" and module in sys.modules
 
 
+def test_importing_the_packages_leaves_the_compiler_unloaded():
+    """`INSTALLED` is a dict so that no decorator imports dynamo: `import vmamba_ref` (every CLI
+    start, every worker process) stays about two seconds shorter than with dynamo loaded."""
+    code = (
+        "import sys, vmamba_ref, vmamba_fast, vmamba_ref.tools.cli\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('torch._dynamo'))\n"
+        "assert not loaded, loaded[:5]\n"
+        "assert vmamba_ref.contract.INSTALLED == {p: vmamba_ref.contract.importlib.util.find_spec(p) is not None "
+        "for p in vmamba_ref.contract.INSTALLED}\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 def test_public_functions_compile_in_a_process_that_never_loaded_the_backend(backend):
     if not contract.is_available(backend):
