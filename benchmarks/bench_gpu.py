@@ -195,22 +195,10 @@ def choose_shapes(args: argparse.Namespace) -> Shapes:
 
 def timer(device: str) -> Callable[[Callable[[], object], int, int], float]:
     """A function (fn, warmup, iters) -> median seconds per call, each call between two
-    synchronizes on CUDA."""
-    import torch
-
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    synchronizes on CUDA (`gpu_model_rows.time_iterations`, without a deadline)."""
 
     def run(fn: Callable[[], object], warmup: int, iters: int) -> float:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(iters):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return statistics.median(rows_mod.time_iterations(fn, warmup, iters, device))
 
     return run
 

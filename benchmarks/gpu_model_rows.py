@@ -311,13 +311,16 @@ def builders(args: argparse.Namespace) -> dict[str, Callable[[], object]]:
 # ------------------------------------------------------------------------------------------------
 
 
-def time_iterations(step, timing: Timing, device: str, deadline: float | None) -> list[float] | str:
-    """Seconds of each timed iteration, each between two synchronizes; or, when the row would
-    end after `deadline`, the reason it stopped."""
+def time_iterations(
+    step, warmup: int, iters: int, device: str, deadline: float | None = None
+) -> list[float] | str:
+    """Seconds of each of the `iters` timed iterations after `warmup` untimed ones, each between
+    two synchronizes on CUDA; or, when the row would end after `deadline`, the reason it stopped
+    (never without a deadline)."""
     import torch
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    total = timing.warmup + timing.iters
+    total = warmup + iters
     times = []
     for i in range(total):
         sync()
@@ -325,7 +328,7 @@ def time_iterations(step, timing: Timing, device: str, deadline: float | None) -
         step()
         sync()
         seconds = time.perf_counter() - start
-        if i >= timing.warmup:
+        if i >= warmup:
             times.append(seconds)
         left = total - i - 1
         if (
@@ -374,7 +377,7 @@ def measure(model, precision: Precision, mode: str, timing: Timing, device: str,
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     try:
-        result = time_iterations(step, timing, device, deadline)
+        result = time_iterations(step, timing.warmup, timing.iters, device, deadline)
     finally:
         model.zero_grad(set_to_none=True)  # the optimizer's state goes with `step`
     fields = {
