@@ -13,12 +13,19 @@
   `check_cross_merge`, `check_ss2d_core`, `check_kernel`, `vmamba_examples`, `nan_empty`
   (NaN-fills every allocation during a test, whoever makes it), and the option
   `--vmamba-examples N`.
+- Under pytest-xdist (`-n auto`, the default in `pyproject.toml`) each worker process takes its
+  share of the cores for torch's and Numba's thread pools, so that the workers together run as
+  many threads as there are cores and never oversubscribe them. This is the test harness tuning
+  its own processes; the library itself never changes these settings.
 """
 
+import os
 from collections.abc import Iterator
 
 import pytest
+import torch
 
+from vmamba_ref import contract
 from vmamba_ref.testing.nan_buffers import nan_filled_empty
 from vmamba_ref.testing.profiles import load_profile
 
@@ -27,6 +34,19 @@ pytest_plugins = ["vmamba_ref.testing.pytest_plugin"]
 PROJECT_PACKAGES = ("vmamba_fast", "vmamba_ref")
 
 load_profile()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Split the cores between the xdist workers (nothing changes without xdist)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, torch.get_num_threads() // workers)
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # for the processes tests start
+        if contract.INSTALLED["numba"]:
+            import numba
+
+            numba.set_num_threads(max(1, numba.get_num_threads() // workers))
 
 
 @pytest.fixture(autouse=True)

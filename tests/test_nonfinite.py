@@ -163,7 +163,7 @@ def test_triton_propagates_nan_and_inf_like_the_reference_in_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(INTERPRETED)],
+            [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", str(INTERPRETED)],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=INTERPRETER_TIMEOUT,
         )  # fmt: skip
     except subprocess.TimeoutExpired as e:

@@ -34,7 +34,7 @@ def run_interpreted(*args: str, timeout: int) -> subprocess.CompletedProcess:
 
 def test_triton_kernels_match_the_reference_in_the_interpreter():
     result = run_interpreted(
-        "-m", "pytest", "-q", "-p", "no:cacheprovider", str(INNER), timeout=900
+        "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", str(INNER), timeout=900
     )
     assert result.returncode == 0, (
         f"{INNER.relative_to(ROOT)} failed under TRITON_INTERPRET=1:\n"
