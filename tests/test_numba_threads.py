@@ -1,4 +1,5 @@
-"""Results of the Numba backend are identical, bit for bit, with 1 and 2 Numba threads.
+"""Results of the Numba backend are identical, bit for bit, with 1 and 2 Numba threads; and a
+kernel call leaves torch's thread count as the user set it.
 
 Every work item owns its outputs and sums in a fixed order (the backward's dB, dC partials are
 split into a fixed number of groups, not one per thread), so the thread count only changes
@@ -6,6 +7,10 @@ which thread runs an item. The shapes give several items per thread and several 
 """
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numba
 import pytest
@@ -66,3 +71,32 @@ def test_ss2d_core_is_thread_count_independent(n):
 def test_cross_scan_and_merge_are_thread_count_independent():
     x = torch.randn(3, 8, 7, 5)
     _assert_identical(lambda x: cross_merge(cross_scan(x).reshape(3, 4, 8, 7, 5)), {"x": x})
+
+
+USER_SETS_ONE_TORCH_THREAD = """
+import sys, torch
+torch.set_num_threads(1)
+torch.randn(1 << 20).exp()  # the user's torch work (one parallel region) before the first kernel call
+assert torch.get_num_threads() == 1
+from vmamba_fast.numba import selective_scan
+l = int(sys.argv[1])  # 1100: above parallel_threshold, a parallel launch; 16: a one-thread launch
+g = torch.Generator().manual_seed(0)
+b, k, d, n = 1, 4, 16, 2
+selective_scan(torch.randn(b, k * d, l, generator=g), torch.randn(b, k * d, l, generator=g),
+               -torch.rand(k * d, n, generator=g), torch.randn(b, k, n, l, generator=g),
+               torch.randn(b, k, n, l, generator=g))
+print("torch threads after the call:", torch.get_num_threads())
+"""
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+@pytest.mark.parametrize("length", [1100, 16], ids=["parallel-launch", "one-thread-launch"])
+def test_the_call_that_starts_numbas_pool_keeps_the_users_torch_threads(length):
+    """Starting Numba's pool on GNU OpenMP set torch's count to Numba's: 1 became 2. A fresh
+    process, since the pool starts once per process."""
+    result = subprocess.run(
+        [sys.executable, "-c", USER_SETS_ONE_TORCH_THREAD, str(length)],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch threads after the call: 1" in result.stdout, result.stdout

@@ -34,6 +34,10 @@ patterns, so `threads_for` and `launch` steer around them:
   would hang, so `threads_for` raises `ForkAfterOpenMPError` there instead.
 - workqueue: concurrent launches from several Python threads abort. `threads_for` holds a lock
   around every launch while the layer is workqueue (or not chosen yet).
+
+On GNU OpenMP, starting Numba's thread pool also resets the calling thread's OpenMP thread
+count, which is torch's; `threads_for` puts torch's back, so a kernel call never changes the
+thread count a user gave torch.
 """
 
 from __future__ import annotations
@@ -203,6 +207,27 @@ def _exclusive_on_workqueue() -> Iterator[None]:
 
 
 @contextmanager
+def _torch_threads_kept_while_the_pool_starts() -> Iterator[None]:
+    """Leave torch's thread count as the caller set it when this block starts Numba's pool.
+
+    Numba starts its thread pool on the first parallel launch (or `numba.get_num_threads()`).
+    On GNU OpenMP, the library torch runs its own threads on, starting it sets the calling
+    thread's OpenMP thread count to Numba's: measured, a user's `torch.set_num_threads(1)`
+    became 2 after the first kernel call. Later launches leave it alone, so only the block that
+    starts the pool saves and restores torch's count.
+    """
+    if threading_layer() is not None:  # the pool runs already
+        yield
+        return
+    torch_threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
+
+
+@contextmanager
 def threads_for(elements: int) -> Iterator[None]:
     """Run the kernels launched inside on one thread when the problem has fewer than
     `parallel_threshold` elements; otherwise leave Numba's thread count alone. Results do not
@@ -210,7 +235,7 @@ def threads_for(elements: int) -> Iterator[None]:
     several Python threads are serialised on the workqueue layer; in a fork child of an OpenMP
     process, a torch thread count above one raises `ForkAfterOpenMPError` (module docstring)."""
     _check_fork_child()
-    with _exclusive_on_workqueue():
+    with _exclusive_on_workqueue(), _torch_threads_kept_while_the_pool_starts():
         if elements >= active().parallel_threshold or _forked_from_omp:
             yield
             return
