@@ -36,17 +36,32 @@ PROJECT_PACKAGES = ("vmamba_fast", "vmamba_ref")
 load_profile()
 
 
+def xdist_workers() -> int:
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Split the cores between the xdist workers (nothing changes without xdist)."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        threads = max(1, torch.get_num_threads() // workers)
-        torch.set_num_threads(threads)
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # for the processes tests start
+    """The processes that tests start under xdist take one worker's share of the cores."""
+    if xdist_workers() > 1:
+        os.environ.setdefault(
+            "OMP_NUM_THREADS", str(max(1, torch.get_num_threads() // xdist_workers()))
+        )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def worker_share_of_the_cores() -> None:
+    """Under xdist, this worker's Numba and torch thread pools take its share of the cores.
+
+    Set in the thread that runs the tests (both counts belong to the calling thread), Numba's
+    first: `numba.get_num_threads()` starts Numba's pool, which on GNU OpenMP resets the calling
+    thread's OpenMP count, torch's (vmamba_fast/numba/config.py).
+    """
+    if xdist_workers() > 1:
         if contract.INSTALLED["numba"]:
             import numba
 
-            numba.set_num_threads(max(1, numba.get_num_threads() // workers))
+            numba.set_num_threads(max(1, numba.get_num_threads() // xdist_workers()))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 real selective-scan kernels, and the reference passes the same checks.
 
 Each check runs under the derandomized `ci` profile, so the number of Hypothesis examples it
-needs is the same on every run: it is printed (`pytest -s`), recorded as a JUnit property
+needs is the same on every run: it is printed (`pytest -s -n 0`), recorded as a JUnit property
 (`record_property`), and quoted in docs/bugs.md.
 """
 
