@@ -63,6 +63,30 @@ def test_channels_last_maps_change_no_logit(weights, monkeypatch):
     assert_close(channels_last, channel_first, "ref", what="logits")
 
 
+def _dense_convolutions(model: torch.nn.Module) -> list[torch.nn.Conv2d]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1]
+
+
+def test_a_cpu_forward_copies_no_convolution_weight(weights):
+    """The dense convolutions' weights are stored channels_last on the CPU, as the maps are
+    (`layout_conv_weights_`), so no call re-lays them out; on another device they are contiguous
+    again, and back on the CPU channels_last."""
+    model = _model("ref", weights)
+    shapes = {tuple(conv.weight.shape) for conv in _dense_convolutions(model)}
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad(), torch.profiler.profile(record_shapes=True) as profile:
+        model(x)
+    weight_copies = [
+        event.input_shapes for event in profile.events()
+        if event.name == "aten::copy_" and any(tuple(s) in shapes for s in event.input_shapes)
+    ]  # fmt: skip
+    assert weight_copies == []
+    model.to("meta")
+    assert all(conv.weight.is_contiguous() for conv in _dense_convolutions(model))
+    model.to_empty(device="cpu")
+    assert all(conv.weight.is_contiguous(memory_format=torch.channels_last) for conv in _dense_convolutions(model))
+
+
 @pytest.mark.parametrize("backend", _fast_backends())
 def test_chunked_stages_give_the_reference_logits(backend, weights, monkeypatch):
     """With 16 tokens per chunk, stage 1 (8 x 8 tokens at 32 x 32) runs image by image and stage
