@@ -7,7 +7,9 @@ ConvNeXt-T, Swin-T and ResNet-50.
 What a user gets is measured: this process keeps the default allocator, torch's default thread
 count and Numba's default threading layer; nothing is tuned, and the header says so. Every row
 is timed in this one run, the rows of one configuration interleaved round-robin, so ratios
-compare like with like on a machine whose speed drifts between runs.
+compare like with like on a machine whose speed drifts between runs. For the same reason each
+bfloat16 table also times VMamba-T in float32 in its rounds, and prints the bfloat16 gain from
+those interleaved calls, not from two tables minutes apart.
 
 Columns:
 - images/s: batch / median seconds per call (forward under `no_grad`, or a training step:
@@ -231,6 +233,9 @@ def main() -> None:
                 if compiled is not None and not train and dtype == torch.float32:
                     config_rows.insert(1, compiled)  # its warm-up call compiles (untimed)
                 calls = {row.name: make_call(row.model, batch, size, dtype, train) for row in config_rows}
+                same_in_float32 = f"{reference}, float32"
+                if dtype != torch.float32:  # the float32 twin, timed in the same rounds as the rows
+                    calls[same_in_float32] = make_call(rows[0].model, batch, size, torch.float32, train)
                 results = measure(calls, rounds)
                 ref_rate = batch / results[reference][0]
                 passes = 3 if train else 1  # a training step is about three forwards of work
@@ -242,6 +247,12 @@ def main() -> None:
                     print(
                         f"| {row.name} | {batch / seconds:.2f} | {batch / seconds / ref_rate:.2f}x | "
                         f"{faults:.0f} | {faults * PAGE_MB:.0f} | {floor:.2f} |"
+                    )
+                if same_in_float32 in results:
+                    gain = results[same_in_float32][0] / results[reference][0]
+                    print(
+                        f"\n{reference} in {str(dtype).removeprefix('torch.')} over float32, "
+                        f"the two interleaved in these rounds: {gain:.2f}x"
                     )
 
 

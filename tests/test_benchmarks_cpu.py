@@ -1,4 +1,5 @@
-"""benchmarks/bench_cpu.py runs: its --quick mode, a few seconds of tiny shapes, in a subprocess.
+"""benchmarks/bench_cpu.py and bench_models_cpu.py run: their --quick modes, seconds of tiny
+shapes and models, in a subprocess.
 
 One thread: this checks that the script works, not timings, and a two-thread run on a busy
 machine can stall in every parallel region of torch and Numba alike."""
@@ -32,3 +33,20 @@ def test_bench_cpu_quick_runs():
     # The kernel figures come twice, each labelled with the allocator it was measured under.
     assert "(numba, ms; plain process)" in result.stdout, result.stdout
     assert "(numba, ms; allocator tuned: freed memory kept)" in result.stdout, result.stdout
+
+
+def test_bench_models_cpu_quick_runs_every_table():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_models_cpu.py"), "--quick", "--no-compile", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for kind in ("inference", "training step"):
+        for dtype in ("float32", "bfloat16"):
+            assert f"## {kind}, {dtype}, batch 2 at 64x64" in result.stdout, result.stdout
+    # Each bfloat16 table gives the gain over float32 from calls interleaved in its own rounds.
+    gains = [line for line in result.stdout.splitlines() if "over float32, the two interleaved" in line]
+    assert len(gains) == 2 and all(line.startswith("VMamba-mini (numba) in bfloat16") for line in gains), gains
