@@ -50,3 +50,6 @@ def test_bench_models_cpu_quick_runs_every_table():
     # Each bfloat16 table gives the gain over float32 from calls interleaved in its own rounds.
     gains = [line for line in result.stdout.splitlines() if "over float32, the two interleaved" in line]
     assert len(gains) == 2 and all(line.startswith("VMamba-mini (numba) in bfloat16") for line in gains), gains
+    # In inference also the other bfloat16 path, the model cast once, in the same rounds.
+    cast_once = [line for line in result.stdout.splitlines() if "as a bfloat16 model" in line]
+    assert len(cast_once) == 1 and "over float32, the same rounds:" in cast_once[0], cast_once
