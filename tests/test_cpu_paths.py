@@ -69,9 +69,11 @@ def _dense_convolutions(model: torch.nn.Module) -> list[torch.nn.Conv2d]:
 
 def test_a_cpu_forward_copies_no_convolution_weight(weights):
     """The dense convolutions' weights are stored channels_last on the CPU, as the maps are
-    (`layout_conv_weights_`), so no call re-lays them out; on another device they are contiguous
-    again, and back on the CPU channels_last."""
-    model = _model("ref", weights)
+    (`layout_conv_weights_`), so no call re-lays them out, also after a checkpoint's own
+    (contiguous) tensors are assigned; on another device they are contiguous again, and back on
+    the CPU channels_last."""
+    model = vmamba_mini(backend="ref").eval()
+    model.load_state_dict({name: t.contiguous() for name, t in weights.items()}, assign=True)
     shapes = {tuple(conv.weight.shape) for conv in _dense_convolutions(model)}
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad(), torch.profiler.profile(record_shapes=True) as profile:

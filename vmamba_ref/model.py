@@ -198,10 +198,13 @@ class VMamba(nn.Module):
         ]))
         self.apply(init_network_)
         layout_conv_weights_(self)
+        # load_state_dict(..., assign=True) puts the checkpoint's own tensors in place.
+        self.register_load_state_dict_post_hook(lambda module, keys: layout_conv_weights_(module))
 
     def _apply(self, fn, recurse=True):
         """nn.Module's: every move or cast (`to`, `cuda`, `cpu`, `half`, ...) goes through here,
-        so the convolution weights follow the device's map layout (`layout_conv_weights_`)."""
+        so the convolution weights follow the device's map layout (`layout_conv_weights_`), as
+        they do after `load_state_dict`."""
         super()._apply(fn, recurse)
         layout_conv_weights_(self)
         return self
