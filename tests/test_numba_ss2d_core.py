@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from hypothesis import example, given, settings
@@ -25,6 +27,8 @@ from vmamba_ref.testing.cases import SS2DCoreCase
 from vmamba_ref.testing.compare import assert_matches_reference
 from vmamba_ref.testing.strategies import ss2d_core_inputs
 from vmamba_ref.testing.tolerances import tolerance
+
+core_module = sys.modules["vmamba_fast.numba.ss2d_core"]  # the package exports a function of that name
 
 # Tiles of 1-5 positions: runs end inside rows, and bands of max(1, tile // h) columns split
 # the column-major routes; 512 covers the whole of these small grids.
@@ -140,6 +144,10 @@ def _bad_inputs():
     yield "C state", {**good, "C": good["C"][:, :, :1]}
     yield "A shape", {**good, "A": good["A"][:4]}
     yield "A not finite", {**good, "A": good["A"] * float("nan")}
+    yield "D not finite", {**good, "D": good["D"] + float("inf")}
+    yield "delta_bias not finite", {**good, "delta_bias": good["delta_bias"] * float("nan")}
+    yield "A and D not finite", {**good, "A": good["A"] * float("nan"), "D": good["D"] + float("inf")}
+    yield "D shape and A not finite", {**good, "A": good["A"] * float("nan"), "D": good["D"][:3]}
     yield "D shape", {**good, "D": good["D"][:3]}
     yield "delta dtype", {**good, "delta": good["delta"].double()}
     yield (
@@ -151,13 +159,32 @@ def _bad_inputs():
     )
 
 
+@pytest.mark.parametrize("seen", [False, True], ids=["new layout", "good layout seen before"])
 @pytest.mark.parametrize("name, args", list(_bad_inputs()), ids=[n for n, _ in _bad_inputs()])
-def test_errors_are_the_reference_errors(name, args):
+def test_errors_are_the_reference_errors(name, args, seen, monkeypatch):
+    """Also after a call with the good arguments' layout, which the kernel then checks for the
+    parameters' finiteness only (`_check`): the first error is the reference's either way."""
+    monkeypatch.setattr(core_module, "_VALID_LAYOUTS", {})
+    if seen:
+        ss2d_core(**_core_args(b=1, d=2, h=3, w=4, n=2))
+        assert len(core_module._VALID_LAYOUTS) == 1
     with pytest.raises((TypeError, ValueError)) as ref_err:
         ref_ss2d_core(**args)
     with pytest.raises(ref_err.type) as err:
         ss2d_core(**args)
     assert str(err.value) == str(ref_err.value)
+
+
+def test_a_layout_is_remembered_only_once_it_passed(monkeypatch):
+    monkeypatch.setattr(core_module, "_VALID_LAYOUTS", {})
+    for _, args in _bad_inputs():
+        with pytest.raises((TypeError, ValueError)):
+            ss2d_core(**args)
+    assert core_module._VALID_LAYOUTS == {}
+    good = _core_args(b=1, d=2, h=3, w=4, n=2)
+    ss2d_core(**good)
+    ss2d_core(**{**good, "D": None})  # another layout: D absent
+    assert sorted(sizes for sizes in core_module._VALID_LAYOUTS.values()) == [(1, 2, 3, 4, 2)] * 2
 
 
 def test_tensors_off_the_cpu_name_the_backends_to_use():

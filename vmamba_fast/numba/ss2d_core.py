@@ -68,6 +68,7 @@ from vmamba_fast.numba.tiles import (
 )
 from vmamba_ref.contract import (
     ROUTES,
+    check_finite,
     check_selective_scan_args,
     check_ss2d_core_args,
     compute_dtype,
@@ -297,8 +298,39 @@ def _ss2d_core_bwd_kernel(
                         store_rows(dCb, dCs, 0, start, start + tl, True)
 
 
+_VALID_LAYOUTS: dict[tuple, tuple[int, int, int, int, int]] = {}
+"""Argument layouts that `_check_all` accepted, with what it returned (at most 256, then
+forgotten): a layout is each argument's type and, for a tensor, its shape, dtype and device."""
+
+
+def _layout(*args: object) -> tuple:
+    return tuple(
+        (type(t), t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else type(t) for t in args
+    )
+
+
 def _check(x, delta, A, B, C, D, delta_bias):
-    """The validation of a core call: the device, then the reference's checks in the reference's
+    """The validation of a core call (`_check_all`). Of what it checks, only the finiteness of
+    A, D and delta_bias reads values; everything else is a function of the arguments' layouts.
+    So a call whose layout passed before runs only the finiteness checks, which `_check_all`
+    runs last and in this order: the same errors, and about 100 microseconds less per call (a
+    VMamba-T forward makes 14 to 30 calls). Returns (b, d, h, w, n)."""
+    layout = _layout(x, delta, A, B, C, D, delta_bias)
+    sizes = _VALID_LAYOUTS.get(layout)
+    if sizes is None:
+        sizes = _check_all(x, delta, A, B, C, D, delta_bias)
+        if len(_VALID_LAYOUTS) >= 256:
+            _VALID_LAYOUTS.clear()
+        _VALID_LAYOUTS[layout] = sizes
+        return sizes
+    for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias)):
+        if t is not None:
+            check_finite("selective_scan", name, t)  # as check_selective_scan_args names them
+    return sizes
+
+
+def _check_all(x, delta, A, B, C, D, delta_bias):
+    """Every check of a core call: the device, then the reference's checks in the reference's
     order: the grid layouts, then the scan's (dtypes, A, D, delta_bias, finiteness) on
     zero-memory stand-ins of the scanned tensors, so that every error reads as the reference's
     (naming `ss2d_core`, or `selective_scan` for the scan's checks, as the reference does).
