@@ -6,6 +6,7 @@ and scheduling only: the logits equal the plain path's and the reference backend
 """
 
 import dataclasses
+import io
 
 import pytest
 import torch
@@ -87,6 +88,20 @@ def test_a_cpu_forward_copies_no_convolution_weight(weights):
     assert all(conv.weight.is_contiguous() for conv in _dense_convolutions(model))
     model.to_empty(device="cpu")
     assert all(conv.weight.is_contiguous(memory_format=torch.channels_last) for conv in _dense_convolutions(model))
+
+
+def test_a_model_pickles_whole_and_keeps_its_weight_layout(weights):
+    """torch.save(model) and the processes of multiprocessing pickle the module itself, hooks
+    included."""
+    model = _model("ref", weights)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert all(conv.weight.is_contiguous(memory_format=torch.channels_last) for conv in _dense_convolutions(loaded))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("backend", _fast_backends())

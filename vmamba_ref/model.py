@@ -61,6 +61,12 @@ def layout_conv_weights_(model: nn.Module) -> None:
                 weight.data = weight.data.contiguous(memory_format=layout)
 
 
+def _layout_conv_weights_after_load(model: nn.Module, incompatible_keys) -> None:
+    """A load_state_dict post-hook: `load_state_dict(..., assign=True)` puts the checkpoint's
+    own tensors in place. A module-level function, so that the model still pickles."""
+    layout_conv_weights_(model)
+
+
 class VSSBlock(nn.Module):
     """Pre-norm residual block: SS2D token mixer, then the channel MLP. One DropPath serves both
     branches, as in the official block."""
@@ -198,8 +204,7 @@ class VMamba(nn.Module):
         ]))
         self.apply(init_network_)
         layout_conv_weights_(self)
-        # load_state_dict(..., assign=True) puts the checkpoint's own tensors in place.
-        self.register_load_state_dict_post_hook(lambda module, keys: layout_conv_weights_(module))
+        self.register_load_state_dict_post_hook(_layout_conv_weights_after_load)
 
     def _apply(self, fn, recurse=True):
         """nn.Module's: every move or cast (`to`, `cuda`, `cpu`, `half`, ...) goes through here,
