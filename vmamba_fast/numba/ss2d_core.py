@@ -313,8 +313,9 @@ def _check(x, delta, A, B, C, D, delta_bias):
     """The validation of a core call (`_check_all`). Of what it checks, only the finiteness of
     A, D and delta_bias reads values; everything else is a function of the arguments' layouts.
     So a call whose layout passed before runs only the finiteness checks, which `_check_all`
-    runs last and in this order: the same errors, and about 100 microseconds less per call (a
-    VMamba-T forward makes 14 to 30 calls). Returns (b, d, h, w, n)."""
+    runs last and in this order: the same errors, in less time (measured per call: 66 to 23
+    microseconds alone, about 165 to 90 inside a VMamba-T forward, which makes 14 to 30 calls).
+    Returns (b, d, h, w, n)."""
     layout = _layout(x, delta, A, B, C, D, delta_bias)
     sizes = _VALID_LAYOUTS.get(layout)
     if sizes is None:
