@@ -7,6 +7,7 @@ and scheduling only: the logits equal the plain path's and the reference backend
 
 import dataclasses
 import io
+import math
 
 import pytest
 import torch
@@ -88,6 +89,24 @@ def test_a_cpu_forward_copies_no_convolution_weight(weights):
     assert all(conv.weight.is_contiguous() for conv in _dense_convolutions(model))
     model.to_empty(device="cpu")
     assert all(conv.weight.is_contiguous(memory_format=torch.channels_last) for conv in _dense_convolutions(model))
+
+
+def test_an_ss2d_forward_copies_no_map_on_the_cpu():
+    """SS2D on a channels_last map: the projections read x in place, and with the numba backend
+    the core reads x and writes y channels_last, so that out_norm reads y in place too: no
+    copy of a (b, d, h, w) map anywhere in the mixer (the numba core used to copy x
+    channel-first and out_norm then copied y back)."""
+    torch.manual_seed(0)
+    mixer = SS2D(16, backend="numba").eval()
+    x = torch.randn(2, 16, 6, 5).contiguous(memory_format=torch.channels_last)  # (b, c, h, w)
+    size = 2 * mixer.d * 6 * 5
+    with torch.no_grad(), torch.profiler.profile(record_shapes=True) as profile:
+        mixer(x)
+    map_copies = [
+        event.input_shapes for event in profile.events()
+        if event.name == "aten::copy_" and any(math.prod(s) == size for s in event.input_shapes)
+    ]  # fmt: skip
+    assert map_copies == []
 
 
 def test_a_model_pickles_whole_and_keeps_its_weight_layout(weights):

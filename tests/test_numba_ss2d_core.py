@@ -124,6 +124,38 @@ def test_tile_size_changes_nothing():
         assert torch.equal(results[0], other)
 
 
+def _layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {
+        "channels_last": x.contiguous(memory_format=torch.channels_last),
+        "h and w swapped": x.transpose(2, 3).contiguous().transpose(2, 3),
+        "with gaps": torch.zeros(*x.shape[:3], 2 * x.shape[3], dtype=x.dtype)[..., ::2].copy_(x),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d, n, tile", [(19, 1, 512), (19, 1, 5), (17, 16, 512), (40, 3, 1)])
+def test_the_maps_layout_changes_no_number(d, n, tile, dtype):
+    """The forward kernel reads x and writes y in the layout x is stored in (`load_channels`):
+    channel-first, channels_last (the network's CPU maps; y is then channels_last too, so that
+    out_norm reads it in place) or any other strides (copied contiguous first). The layout
+    changes no number: y and every gradient are bitwise the channel-first ones. Items of one
+    channel block and of several (n = 16), channel counts that leave a short last item."""
+    args = SS2DCoreCase(
+        batch=2, channels=d, height=6, width=7, state=n, dtype=dtype, requires_grad=True
+    ).build()
+    dy = torch.randn(args["x"].shape, dtype=dtype)
+    with override(time_tile=tile):
+        y = ss2d_core(**args)
+        expected = (y, *torch.autograd.grad(y, (args["x"], args["delta"], args["A"]), dy))
+        assert y.is_contiguous()
+        for name, x in _layouts(args["x"].detach()).items():
+            x.requires_grad_()
+            y = ss2d_core(**{**args, "x": x})
+            assert y.is_contiguous(memory_format=torch.channels_last) == (name == "channels_last"), name
+            got = (y, *torch.autograd.grad(y, (x, args["delta"], args["A"]), dy))
+            assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True)), name
+
+
 @pytest.mark.parametrize("value", [100.0, -100.0, 1e4, -1e4])
 def test_extreme_step_sizes(value):
     inputs = SS2DCoreCase(

@@ -9,7 +9,7 @@ it, and `torch.utils.flop_counter` counts it:
 | `vmamba::cross_merge(ys)`        | y (b, d, h, w), ys's dtype                             |
 | `vmamba::selective_scan_fwd(u, delta, A, B, C, D?, delta_bias?, initial_state?, delta_softplus)` | (y (b, k*d, l), last_state (b, k*d, n)), computation dtype |
 | `vmamba::selective_scan_bwd(dy, dlast?, u, delta, A, B, C, D?, delta_bias?, initial_state?, delta_softplus)` | (du, ddelta, dA, dB, dC, dD, ddelta_bias, dinitial_state) |
-| `vmamba::ss2d_core_fwd(x, delta, A, B, C, D?, delta_bias?, delta_softplus)` | y (b, d, h, w), computation dtype |
+| `vmamba::ss2d_core_fwd(x, delta, A, B, C, D?, delta_bias?, delta_softplus)` | y (b, d, h, w), computation dtype, stored like a CPU x (`ss2d_core_output`) |
 | `vmamba::ss2d_core_bwd(dy, x, delta, A, B, C, D?, delta_bias?, delta_softplus)` | (dx, ddelta, dA, dB, dC, dD, ddelta_bias) |
 
 Layouts and the dtype rule are the contract's (`vmamba_ref/contract.py`): the scan computes in
@@ -142,10 +142,22 @@ def _(dy, dlast, u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus
     )
 
 
+def ss2d_core_output(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """The y of `vmamba::ss2d_core_fwd` for this x, uninitialised: (b, d, h, w) in `dtype`,
+    stored channels_last when x is a channels_last CPU map (what the network keeps on the CPU:
+    the CPU kernel reads x and writes y in that layout, so that out_norm reads y in place),
+    contiguous otherwise. The CPU kernel and the fake kernel both allocate y here, so that
+    torch.compile's graphs expect the strides the kernel returns."""
+    b, d, h, w = x.shape
+    if x.device.type == "cpu" and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x.new_empty((b, h, w, d), dtype=dtype).permute(0, 3, 1, 2)  # (b, d, h, w)
+    return x.new_empty((b, d, h, w), dtype=dtype)  # (b, d, h, w)
+
+
 @torch.library.register_fake("vmamba::ss2d_core_fwd")
 def _(x, delta, A, B, C, D, delta_bias, delta_softplus):
     check_shape("vmamba::ss2d_core_fwd", "x", x, (None, None, None, None), "b d h w")
-    return x.new_empty(x.shape, dtype=compute_dtype(x.dtype))  # (b, d, h, w)
+    return ss2d_core_output(x, compute_dtype(x.dtype))  # (b, d, h, w)
 
 
 @torch.library.register_fake("vmamba::ss2d_core_bwd")

@@ -9,14 +9,18 @@ with the step-size logits delta (b, k, d, h, w) and projections B, C (b, k, n, h
 
 Memory traffic. Cross-scan + scan + cross-merge run separately move, per element of x,
     cross-scan  1 read + 4 writes,   scan  8 reads (u, delta) + 4 writes (y),   merge 4 reads + 1 write
-(22 transfers of b*d*l numbers, plus B and C); the fused kernel reads x once per route and
-delta once, and accumulates y in place: 4 + 4 + about 8 (y read-modify-write) transfers, with
-no (b, 4, d, l) tensor at all.
+(22 transfers of b*d*l numbers, plus B and C); the fused kernel reads x once and delta once
+(one read per route) and writes y once: 1 + 4 + 1 transfers, with no (b, 4, d, l) tensor at
+all. The four routes' reads of x and their sums into y stay in the work item's scratch.
 
-Kernel design. The prange runs over (batch bi, block of channels ch0:ch1): an item owns
-y[bi, ch0:ch1] and sums the four routes into it in a fixed order (0, 1, 2, 3), so results do not
-depend on the thread count. Routes differ only in how a tile is fetched; every tile then runs
-the selective scan's tile routines (`tiles.py`), which `selective_scan.py` uses too:
+Kernel design. The prange runs over (batch bi, channels c0:c1 of one or more channel blocks):
+an item copies x[bi, c0:c1] channel-major into its scratch (`xm`), sums the four routes into
+`ym` beside it in a fixed order (0, 1, 2, 3), so results do not depend on the thread count,
+and stores `ym` into y[bi, c0:c1]. x and y may be stored channel-first or channels_last, the
+layout of the network's CPU maps (`load_channels`, `store_channels`): y is stored like x
+(`vmamba_fast.ops.ss2d_core_output`), so neither needs a layout copy around the call. Routes
+differ only in how a tile is fetched; every tile then runs the selective scan's tile routines
+(`tiles.py`), which `selective_scan.py` uses too:
 
 | route | tiles (in route order)                | tile fetch                         | walk    |
 |-------|---------------------------------------|------------------------------------|---------|
@@ -24,6 +28,8 @@ the selective scan's tile routines (`tiles.py`), which `selective_scan.py` uses 
 | 1     | bands of tw = tile // h columns       | x, delta: column-major copy        | forward |
 | 2     | route 0's tiles, last to first        | read in place                      | reverse |
 | 3     | route 1's bands, last to first        | x, delta: column-major copy        | reverse |
+
+("In place": x in the item's `xm`, delta in the caller's tensor.)
 
 B and C of routes 1 and 3 are passed column-major (one copy of these small projections per
 call, `column_major_odd_routes`), so every route reads its B and C in place; without it, each
@@ -51,7 +57,14 @@ from numba import njit, prange
 
 from vmamba_fast import ops
 from vmamba_fast.numba.config import JIT, PARALLEL_JIT, active, launch, threads_for
-from vmamba_fast.numba.memory import as_kernel_array, check_cpu, partial_sums, reaches_cpu_kernel
+from vmamba_fast.numba.memory import (
+    ROW_PAD,
+    as_kernel_array,
+    check_cpu,
+    partial_sums,
+    reaches_cpu_kernel,
+    take,
+)
 from vmamba_fast.numba.tiles import (
     bwd_scratch,
     channel_block,
@@ -110,6 +123,46 @@ def store_band(src, dst, r0, h, w, w0, tw, accumulate):
 
 
 @njit(**JIT)
+def load_channels(src, c0, span, dst):
+    """dst[j, :l] = src[c0 + j, :] for j < span: a work item's channels of a (d, l) map, copied
+    channel-major into its scratch. src is either layout the network stores: channel-first
+    (each channel a contiguous row: row copies) or channels_last (a position's channels
+    contiguous: a transpose, one position's run of channels read at a time)."""
+    l = src.shape[1]
+    if src.strides[1] == src.itemsize:  # channel-first
+        for j in range(span):
+            s = src[c0 + j]
+            o = dst[j]
+            for t in range(l):
+                o[t] = s[t]
+    else:  # channels_last, or any other strides: position by position
+        positions = src.T  # (l, d)
+        for t in range(l):
+            s = positions[t, c0 : c0 + span]  # (span,), contiguous when channels_last
+            for j in range(span):
+                dst[j, t] = s[j]
+
+
+@njit(**JIT)
+def store_channels(src, span, dst, c0):
+    """The inverse of `load_channels`: dst[c0 + j, :] = src[j, :l] for j < span, dst in either
+    layout."""
+    l = dst.shape[1]
+    if dst.strides[1] == dst.itemsize:  # channel-first
+        for j in range(span):
+            s = src[j]
+            o = dst[c0 + j]
+            for t in range(l):
+                o[t] = s[t]
+    else:  # channels_last, or any other strides: position by position
+        positions = dst.T  # (l, d)
+        for t in range(l):
+            o = positions[t, c0 : c0 + span]  # (span,), contiguous when channels_last
+            for j in range(span):
+                o[j] = src[j, t]
+
+
+@njit(**JIT)
 def route_tile(route, i, h, w, tile, tw):
     """Geometry of the i-th tile, in route order, of `route` on an h x w grid.
 
@@ -157,41 +210,53 @@ def _ss2d_core_fwd_kernel(
 ):
     """Fused SS2D core forward.
 
-    x, y (b, d, l) the feature map and the merged output, row-major (l = h*w); delta (b, k, d, l);
-    B, C (b, k, n, l) with routes 1 and 3 column-major (`column_major_odd_routes`); A (k*d, n);
-    D, bias (k*d,); all C-contiguous, one float dtype; work (threads, S) scratch (`workspace`,
-    tiles of `core_tiles(h, w, tile)[1]`).
+    x, y (b, d, l) the feature map and the merged output (l = h*w), each stored channel-first
+    or channels_last (`load_channels`); delta (b, k, d, l); B, C (b, k, n, l) with routes 1 and
+    3 column-major (`column_major_odd_routes`); A (k*d, n); D, bias (k*d,); all but x and y
+    C-contiguous, one float dtype; work (threads, S) scratch (`workspace`, tiles of
+    `core_tiles(h, w, tile)[1]` after the item's two maps of per_item*block rows of l).
 
     The prange runs over b*nitems items: item -> batch bi and `per_item` consecutive channel
-    blocks of `block` channels. Routes are the outer loop and blocks the inner one, so that a
-    route's B and C (n rows of l) stay in cache across the item's blocks (with n = 16 the four
-    routes' together overflow L2). The item accumulates y[bi, its channels]: route 0 writes,
-    routes 1-3 add, in that order for every channel.
+    blocks of `block` channels. An item first copies its channels of x channel-major into its
+    scratch (`xm`), where every route reads them, and sums the four routes into `ym` beside
+    it: route 0 writes, routes 1-3 add, in that order for every channel; then it stores `ym`
+    into y. So neither map needs a layout of its own in memory: the network's channels_last
+    maps go in and come out as they are, with no copy around the call, and an item's rows stay
+    in its core's cache across the four routes. Routes are the outer loop and blocks the inner
+    one, so that a route's B and C (n rows of l) stay in cache across the item's blocks (with
+    n = 16 the four routes' together overflow L2).
     """
     b, d, l = x.shape
     n = B.shape[2]
     nblk = (d + block - 1) // block
     nitems = (nblk + per_item - 1) // per_item
     tw, T, _ = core_tiles(h, w, tile)
+    span_max = min(per_item * block, d)
     for item in prange(b * nitems):
         bi = item // nitems
         first = (item % nitems) * per_item
         last = min(first + per_item, nblk)
+        c0 = first * block
+        span = min(last * block, d) - c0
         ws = work[numba.get_thread_id()]  # (S,)
-        xs, ys = x[bi], y[bi]  # (d, l)
+        xm, o = take(ws, 0, span_max, l)  # (span_max, l + pad): x[bi, c0 + j] in row j
+        ym, o = take(ws, o, span_max, l)  # (span_max, l + pad): y[bi, c0 + j] in row j
+        tws = ws[o:]  # the tiles' scratch
+        load_channels(x[bi], c0, span, xm)
         for route in range(4):
             ds, Bs, Cs = delta[bi, route], B[bi, route], C[bi, route]  # (d, l), (n, l), (n, l)
             for blk in range(first, last):
                 ch0 = blk * block
                 cb = min(ch0 + block, d) - ch0
-                (ub, xb, yb, Bb, Cb, dtb, dAb, dBub, states), state = fwd_scratch(ws, cb, n, T)
+                r0 = ch0 - c0  # the block's first row in xm and ym
+                (ub, xb, yb, Bb, Cb, dtb, dAb, dBub, states), state = fwd_scratch(tws, cb, n, T)
                 p0 = route * d + ch0
                 Ab, Db, biasb = A[p0 : p0 + cb], D[p0 : p0 + cb], bias[p0 : p0 + cb]
                 state[:] = 0
                 for i in range(route_tiles(route, h, w, tile, tw)):
                     band, t0, size, tl, reverse = route_tile(route, i, h, w, tile, tw)
                     if band:  # copy x, delta column-major into scratch, scan there, add back
-                        load_band(xs, ch0, h, w, t0, size, ub)
+                        load_band(xm, r0, h, w, t0, size, ub)
                         load_band(ds, ch0, h, w, t0, size, xb)
                         p = t0 * h  # B, C of routes 1, 3 are stored column-major: read in place
                         discretize(
@@ -200,16 +265,17 @@ def _ss2d_core_fwd_kernel(
                         )  # fmt: skip
                         recurrence(dAb, dBub, states, state, tl, reverse, True)
                         readout(ub, 0, 0, Cs, 0, p, states, Db, has_D, tl, yb, 0, 0, False)
-                        store_band(yb, ys, ch0, h, w, t0, size, True)
+                        store_band(yb, ym, r0, h, w, t0, size, True)
                     else:  # a run of row-major positions: read and accumulate in place
                         discretize(
-                            xs, ch0, t0, ds, ch0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb,
+                            xm, r0, t0, ds, ch0, t0, Bs, 0, t0, Ab, biasb, softplus, tl, dtb,
                             dAb, dBub, dtb, False,
                         )  # fmt: skip
                         recurrence(dAb, dBub, states, state, tl, reverse, True)
                         readout(
-                            xs, ch0, t0, Cs, 0, t0, states, Db, has_D, tl, ys, ch0, t0, route > 0
+                            xm, r0, t0, Cs, 0, t0, states, Db, has_D, tl, ym, r0, t0, route > 0
                         )
+        store_channels(ym, span, y[bi], c0)
 
 
 @njit(**PARALLEL_JIT)
@@ -376,12 +442,24 @@ def row_major_odd_routes(t: np.ndarray, h: int, w: int) -> np.ndarray:
     return out
 
 
-def _kernel_args(x, delta, A, B, C, D, delta_bias):
+def map_rows(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A (b, d, h, w) map as the forward kernel reads and writes it: a (b, d, l) NumPy view in
+    `dtype`, stored channel-first or channels_last as t is (`load_channels` takes both); a map
+    of any other strides is copied contiguous first."""
+    b, d, h, w = t.shape
+    t = t.detach().to(dtype)  # keeps the layout
+    if not (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)):
+        t = t.contiguous()
+    return t.view(b, d, h * w).numpy()  # (b, d, l)
+
+
+def _kernel_args(x, delta, A, B, C, D, delta_bias, x_rows=None):
+    """The kernels' arguments from x to delta_bias; x as `x_rows` when given, else contiguous."""
     b, d, h, w = x.shape
     dtype = compute_dtype(x.dtype)
     zeros = partial_sums((ROUTES * d,), dtype)
     return dtype, (
-        as_kernel_array(x, dtype).reshape(b, d, h * w),  # (b, d, l)
+        as_kernel_array(x, dtype).reshape(b, d, h * w) if x_rows is None else x_rows,  # (b, d, l)
         as_kernel_array(delta, dtype).reshape(b, ROUTES, d, h * w),  # (b, k, d, l)
         as_kernel_array(A, dtype),  # (k*d, n)
         column_major_odd_routes(as_kernel_array(B, dtype)),  # (b, k, n, l)
@@ -392,19 +470,23 @@ def _kernel_args(x, delta, A, B, C, D, delta_bias):
 
 
 def ss2d_core_fwd_cpu(x, delta, A, B, C, D, delta_bias, delta_softplus):
-    """Forward on CPU tensors -> y (b, d, h, w) in the computation dtype: the CPU kernel of
-    `vmamba::ss2d_core_fwd`. Validates its arguments: the one check of every forward call
+    """Forward on CPU tensors -> y (b, d, h, w) in the computation dtype, stored channels_last
+    for a channels_last x (`ops.ss2d_core_output`): the CPU kernel of `vmamba::ss2d_core_fwd`.
+    Validates its arguments: the one check of every forward call
     (`ss2d_core`, torch.compile'd graphs, direct `torch.ops.vmamba` calls)."""
     b, d, h, w, n = _check(x, delta, A, B, C, D, delta_bias)
-    dtype, args = _kernel_args(x, delta, A, B, C, D, delta_bias)
-    y = torch.empty(b, d, h, w, dtype=dtype)  # (b, d, h, w)
-    block, tile = channel_block(n), time_tile(h * w)
+    dtype = compute_dtype(x.dtype)
+    _, args = _kernel_args(x, delta, A, B, C, D, delta_bias, x_rows=map_rows(x, dtype))
+    y = ops.ss2d_core_output(x, dtype)  # (b, d, h, w), channels_last for a channels_last x
+    l = h * w
+    block, tile = channel_block(n), time_tile(l)
     per_item = max(1, active().chains // block)  # blocks per work item: 16 channels and more
-    work = workspace(block, n, core_tiles(h, w, tile)[1], dtype)  # (threads, S)
+    maps = 2 * min(per_item * block, d) * (l + ROW_PAD)  # an item's xm and ym
+    work = workspace(block, n, core_tiles(h, w, tile)[1], dtype, extra=maps)  # (threads, S)
     with threads_for(4 * x.numel()):
         launch(_ss2d_core_fwd_kernel)(
             *args, bool(delta_softplus), D is not None, block, per_item, tile, h, w, work,
-            y.numpy().reshape(b, d, h * w),
+            map_rows(y, dtype),
         )  # fmt: skip
     return y
 
@@ -471,7 +553,8 @@ def ss2d_core(
 ) -> torch.Tensor:
     """`vmamba_ref.ss2d_core` on the Numba backend: cross-scan, scan every route, cross-merge,
     fused. x (b, d, h, w); delta (b, k, d, h, w); A (k*d, n); B, C (b, k, n, h, w); D,
-    delta_bias (k*d,) -> y (b, d, h, w) in float32 (float64 for float64 x). Differentiable in
+    delta_bias (k*d,) -> y (b, d, h, w) in float32 (float64 for float64 x), stored
+    channels_last when x is (as the network keeps its CPU maps), else contiguous. Differentiable in
     every tensor argument through the `vmamba::ss2d_core_fwd` operator, whose CPU kernel
     validates the arguments. A call that cannot reach that kernel (a tensor off the CPU, an
     argument that is not a tensor) raises here instead, with the same checks."""

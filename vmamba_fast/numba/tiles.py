@@ -118,10 +118,11 @@ def bwd_scratch(ws, cb, n, T, ntiles):
 
 
 def workspace(
-    cb: int, n: int, T: int, dtype: torch.dtype, backward_tiles: int | None = None
+    cb: int, n: int, T: int, dtype: torch.dtype, backward_tiles: int | None = None, extra: int = 0
 ) -> np.ndarray:
     """Scratch for every thread: (threads, S), S the size of `fwd_scratch` or, given
-    backward_tiles, of `bwd_scratch` over that many tiles, for blocks of up to cb channels.
+    backward_tiles, of `bwd_scratch` over that many tiles, for blocks of up to cb channels, plus
+    `extra` numbers that the caller carves before the tile's scratch (the fused core's maps).
 
     Kernels take their thread's row (`numba.get_thread_id()`), so they allocate nothing: Numba's
     allocation functions would have to compile while the test suite replaces `numpy.empty` by a
@@ -135,6 +136,7 @@ def workspace(
     else:
         rows = 5 * cb + 4 * n + cbn + backward_tiles * (2 * cb + 3 * cbn)
         size = rows * (T + pad) + 2 * (cbn + pad)
+    size += extra
     return torch.empty(numba.config.NUMBA_NUM_THREADS, size, dtype=dtype).numpy()
 
 
