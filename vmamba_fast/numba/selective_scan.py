@@ -204,7 +204,7 @@ def _selective_scan_bwd_kernel(
                 t0 = ti * tile
                 sweep_tile(
                     us, ch0, t0, xs, ch0, t0, Bs, 0, t0, Ab, biasb, softplus, min(tile, l - t0),
-                    False, kept, ti, state,
+                    False, kept, ti, state, 0,
                 )  # fmt: skip
             for ti in range(ntiles - 1, -1, -1):
                 t0 = ti * tile
@@ -215,7 +215,7 @@ def _selective_scan_bwd_kernel(
                 load_rows(dys, ch0, t0, t1, dyb)
                 tile_bwd(
                     inputs, temps, kept, ti, Ab, Db, softplus, has_D, q, t1 - t0, False,
-                    dA_part[bi, ch0:ch1], dD_part[bi, ch0:ch1], dbias_part[bi, ch0:ch1],
+                    dA_part[bi, ch0:ch1], dD_part[bi, ch0:ch1], dbias_part[bi, ch0:ch1], 0,
                 )  # fmt: skip
                 stream_rows(gu, du[bi], ch0, t0, t1)
                 stream_rows(gdt, ddelta[bi], ch0, t0, t1)
