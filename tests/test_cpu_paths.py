@@ -14,7 +14,7 @@ import torch
 
 import vmamba_ref.model as model_module
 from vmamba_ref import BackendUnavailableError, get_ops, vmamba_mini
-from vmamba_ref.layers import Linear2d
+from vmamba_ref.layers import GELU2d, Linear2d
 from vmamba_ref.ss2d import SS2D
 from vmamba_ref.testing.tolerances import LOW_PRECISION_LOGITS, tolerance
 
@@ -53,6 +53,23 @@ def test_linear2d_equals_the_official_1x1_convolution():
     x = torch.randn(2, 6, 3, 4)  # (b, in, h, w)
     for layout in (x, x.contiguous(memory_format=torch.channels_last)):
         assert_close(layer(layout), layer.forward_as_conv(x), "ref", what="Linear2d")
+
+
+def test_gelu2d_on_a_channels_last_map_gives_the_channel_first_bits():
+    """GELU2d runs torch's GELU on the (b, h, w, c) view of a channels_last map: the bits of a
+    contiguous channel-first map (the official layout), forward and backward, in the map's
+    layout. (nn.GELU on the 4-D channels_last tensor takes another path with other rounding.)"""
+    torch.manual_seed(0)
+    x = 3 * torch.randn(2, 40, 5, 6)  # (b, c, h, w), wide enough for the vectorized loop
+    dy = torch.randn_like(x)
+    expected = x.clone().requires_grad_()
+    y_expected = torch.nn.GELU()(expected)
+    y_expected.backward(dy)
+    got = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = GELU2d()(got)
+    y.backward(dy)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, y_expected) and torch.equal(got.grad, expected.grad)
 
 
 def test_channels_last_maps_change_no_logit(weights, monkeypatch):

@@ -28,7 +28,7 @@ from torch import nn
 from vmamba_ref.config import SS2DConfig, VMambaConfig
 from vmamba_ref.contract import check_finite, check_shape, check_tensor, get_ops
 from vmamba_ref.init import init_network_
-from vmamba_ref.layers import DropPath, LayerNorm2d, Linear2d, Mlp
+from vmamba_ref.layers import DropPath, GELU2d, LayerNorm2d, Linear2d, Mlp
 from vmamba_ref.ss2d import SS2D
 
 CHUNK_TOKENS = 4096
@@ -152,7 +152,7 @@ def make_stem(config: VMambaConfig) -> nn.Sequential:
     return nn.Sequential(OrderedDict([
         ("0", nn.Conv2d(config.in_chans, c0 // 2, kernel_size=3, stride=2, padding=1)),
         ("2", LayerNorm2d(c0 // 2, eps=eps)),
-        ("4", nn.GELU()),
+        ("4", GELU2d()),
         ("5", nn.Conv2d(c0 // 2, c0, kernel_size=3, stride=2, padding=1)),
         ("7", LayerNorm2d(c0, eps=eps)),
     ]))
