@@ -224,8 +224,10 @@ def test_a_kernel_with_a_gate_is_tested_with_it_and_a_dropped_gate_is_caught():
                        return_last_state=False):  # fmt: skip
         return mamba_style(u, delta, A, B, C, D, None, delta_bias, delta_softplus, return_last_state)
 
+    # About half the drawn cases carry an initial state, which this signature skips, and half
+    # of the rest a gate: 18 examples missed the dropped gate once in a fresh clone's run.
     with pytest.raises(KernelMismatchError):
-        check_selective_scan(drops_the_gate, max_examples=EXAMPLES * 3)
+        check_selective_scan(drops_the_gate, max_examples=EXAMPLES * 8)
 
 
 def test_every_layout_of_B_and_C_when_stated_and_a_wrong_constant_B_is_caught():
