@@ -233,8 +233,9 @@ def _ss2d_core_fwd_kernel(
     """Fused SS2D core forward.
 
     x, y (b, d, l) the feature map and the merged output (l = h*w), each stored channel-first
-    or channels_last (`load_channels`); delta (b, k, d, l); B, C (b, k, n, l) with routes 1 and
-    3 column-major (`column_major_odd_routes`); A (k*d, n); D, bias (k*d,); all but x and y
+    or channels_last (`load_channels`); delta (b, k, d, l); B, C (b, k, n, l), with routes 1
+    and 3 column-major (`column_major_odd_routes`) unless `whole_routes`; A (k*d, n); D, bias
+    (k*d,); all but x and y
     C-contiguous, one float dtype; work (threads, S) scratch (`workspace`, tiles of
     `core_tiles(h, w, tile)[1]` after the item's two maps of per_item*block rows of l).
 
@@ -323,11 +324,12 @@ def _ss2d_core_bwd_kernel(
 ):  # fmt: skip
     """Fused SS2D core backward, recomputing the states.
 
-    Inputs as `_ss2d_core_fwd_kernel` plus dy (b, d, l); work has room for the most tiles a
-    route has (`core_tiles`). Outputs: dx (b, d, l) (route 0 writes, routes 1-3 add);
-    ddelta (b, k, d, l); partial sums that the caller reduces: dA_part (b, k*d, n), dD_part,
-    dbias_part (b, k*d) (over b; float64, as their sums over time); dB_part, dC_part
-    (b, groups, k, n, l), zero on entry (over the groups).
+    Inputs as `_ss2d_core_fwd_kernel` (x C-contiguous here) plus dy (b, d, l); work has room
+    for the most tiles a route has (`core_tiles`). Outputs: dx (b, d, l) (route 0 writes,
+    routes 1-3 add); ddelta (b, k, d, l); partial sums that the caller reduces: dA_part
+    (b, k*d, n), dD_part, dbias_part (b, k*d) (over b; float64, as their sums over time);
+    dB_part, dC_part (b, groups, k, n, l) in B's and C's layout, zero on entry (over the
+    groups).
 
     The prange runs over b*groups items: item -> batch bi, group g, which takes the channel
     blocks g, g+groups, ..., route by route (routes outside blocks, so that a route's B and C
