@@ -332,7 +332,8 @@ def carried_recurrence(dAb, dBub, states, state, tl, reverse, after, carry):
 # Routes 1 and 3 of the fused SS2D core on a whole grid (`ss2d_core.whole_routes`): dA, dBu and
 # the states stay in row-major position order, and only the recurrences walk the grid column by
 # column, reading and writing at each step's position (p = i*w + j). One loop per function, as
-# above.
+# above: one loop for both directions, its indices computed from a flag, measured 1.1-2.3x
+# slower per element (7x7 to 56x56 grids, one thread).
 
 
 @njit(**JIT)
@@ -511,7 +512,9 @@ def adjoint(G, dAb, q, tl, reverse):
 @njit(**JIT)
 def _columns_adjoint(g0, g1, g2, g3, a0, a1, a2, a3, q0, q1, q2, q3, h, w, backwards):
     # With `backwards`, last column to first (against route 1), else first to last (against
-    # route 3); the index arithmetic per step costs less than a second copy of the loop.
+    # route 3). Unlike the recurrences' loops, one loop serves both directions: its float64
+    # carry bounds the step, and two copies of the loop measured no faster (1.04-1.10 ns per
+    # element either way, 7x7 to 56x56 grids, one thread).
     for jj in range(w):
         j = w - 1 - jj if backwards else jj
         for ii in range(h):
