@@ -13,6 +13,10 @@
   `check_cross_merge`, `check_ss2d_core`, `check_kernel`, `vmamba_examples`, `nan_empty`
   (NaN-fills every allocation during a test, whoever makes it), and the option
   `--vmamba-examples N`.
+- Fixtures for the official VMamba code: `official_checkout` (the checkout that the
+  environment variable VMAMBA_OFFICIAL names; the test skips without one) and
+  `official_stand_ins` (a folder to put on PYTHONPATH with minimal timm and einops, which the
+  official model file imports and which need not be installed here).
 - Under pytest-xdist (`-n auto`, the default in `pyproject.toml`) each worker process takes its
   share of the cores for torch's and Numba's thread pools, so that the workers together run as
   many threads as there are cores and never oversubscribe them. This is the test harness tuning
@@ -20,7 +24,9 @@
 """
 
 import os
+import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,3 +75,64 @@ def nan_filled_kernel_buffers() -> Iterator[None]:
     """Buffers that the project's kernels allocate with an `empty` factory start as NaN."""
     with nan_filled_empty(callers=PROJECT_PACKAGES):
         yield
+
+
+# ------------------------------------------------------------------------------------------------
+# The official VMamba code, for the tests that compare with it
+# ------------------------------------------------------------------------------------------------
+
+OFFICIAL_STAND_INS = {
+    "timm/__init__.py": "",
+    "timm/models/__init__.py": "",
+    "timm/models/layers/__init__.py": '''
+        """Stand-in for the two names official vmamba.py imports from timm, in plain torch."""
+        from torch import nn
+
+
+        class DropPath(nn.Module):
+            def __init__(self, drop_prob=0.0):
+                super().__init__()
+                self.drop_prob = drop_prob
+
+            def forward(self, x):
+                if self.drop_prob == 0.0 or not self.training:
+                    return x
+                keep = 1.0 - self.drop_prob
+                mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+                return x * mask / keep
+
+
+        def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0):
+            return nn.init.trunc_normal_(tensor, mean, std, a, b)
+        ''',
+    "einops/__init__.py": '''
+        """Stand-in: official mamba2/ssd_minimal.py imports these; building a model calls neither."""
+
+
+        def rearrange(*args, **kwargs):
+            raise RuntimeError("einops stand-in of tests/conftest.py was called: building a model must not call einops")
+
+
+        repeat = rearrange
+        ''',
+}
+
+
+@pytest.fixture
+def official_checkout() -> Path:
+    """The root of the official VMamba checkout named by VMAMBA_OFFICIAL; skips without one."""
+    root = os.environ.get("VMAMBA_OFFICIAL")
+    if not root or not (Path(root) / "classification" / "models" / "vmamba.py").is_file():
+        pytest.skip("no official VMamba checkout: set VMAMBA_OFFICIAL to its root")
+    return Path(root)
+
+
+@pytest.fixture
+def official_stand_ins(tmp_path: Path) -> Path:
+    """A folder for PYTHONPATH holding `OFFICIAL_STAND_INS`: DropPath and trunc_normal_ in plain
+    torch for timm, and einops functions that raise (building a model never calls them)."""
+    folder = tmp_path / "stand_ins"
+    for name, text in OFFICIAL_STAND_INS.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(textwrap.dedent(text))
+    return folder

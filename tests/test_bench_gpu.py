@@ -1,10 +1,9 @@
 """Claims of the GPU table's scripts (benchmarks/bench_gpu.py, gpu_model_rows.py,
 build_official_kernels.py, gpu_table.sh) that a CPU can check; the timing itself needs the GPU.
 
-The official VMamba checkout is found through the environment variable VMAMBA_OFFICIAL (its
-root); the tests that need it skip without it. Its model file imports timm and einops, which need not be installed here: that test
-puts minimal stand-ins on PYTHONPATH (DropPath and trunc_normal_ in plain torch; einops'
-functions, never called while building).
+The official VMamba checkout and the stand-ins its model file needs here come from the
+fixtures `official_checkout` and `official_stand_ins` (tests/conftest.py); the tests that need
+a checkout skip without one.
 """
 
 import importlib
@@ -12,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -22,11 +20,6 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-OFFICIAL = Path(os.environ["VMAMBA_OFFICIAL"]) if os.environ.get("VMAMBA_OFFICIAL") else None
-needs_official = pytest.mark.skipif(
-    OFFICIAL is None or not (OFFICIAL / "classification" / "models" / "vmamba.py").is_file(),
-    reason="no official VMamba checkout: set VMAMBA_OFFICIAL to its root",
-)
 
 
 @pytest.fixture
@@ -229,55 +222,15 @@ def test_timm_peers_are_skipped_with_a_reason_when_timm_does_not_import(bench, m
 # The official model, built on the CPU through our drop-in modules
 # ------------------------------------------------------------------------------------------------
 
-STAND_INS = {
-    "timm/__init__.py": "",
-    "timm/models/__init__.py": "",
-    "timm/models/layers/__init__.py": '''
-        """Stand-in for the two names official vmamba.py imports from timm, in plain torch."""
-        from torch import nn
-
-
-        class DropPath(nn.Module):
-            def __init__(self, drop_prob=0.0):
-                super().__init__()
-                self.drop_prob = drop_prob
-
-            def forward(self, x):
-                if self.drop_prob == 0.0 or not self.training:
-                    return x
-                keep = 1.0 - self.drop_prob
-                mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-                return x * mask / keep
-
-
-        def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0):
-            return nn.init.trunc_normal_(tensor, mean, std, a, b)
-        ''',
-    "einops/__init__.py": '''
-        """Stand-in: official mamba2/ssd_minimal.py imports these; building a model calls neither."""
-
-
-        def rearrange(*args, **kwargs):
-            raise RuntimeError("einops stand-in of tests/test_bench_gpu.py was called: building a model must not call einops")
-
-
-        repeat = rearrange
-        ''',
-}
-
-
-@needs_official
-def test_the_official_vmamba_t_builds_on_our_kernels_with_our_parameter_count(bench, tmp_path):
+def test_the_official_vmamba_t_builds_on_our_kernels_with_our_parameter_count(
+    bench, official_checkout, official_stand_ins
+):
     _, rows, _ = bench
-    stand_ins = tmp_path / "stand_ins"
-    for name, text in STAND_INS.items():
-        (stand_ins / name).parent.mkdir(parents=True, exist_ok=True)
-        (stand_ins / name).write_text(textwrap.dedent(text))
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "gpu_model_rows.py"), "--impl", "official+ours",
          "--size", "tiny", "--modes", "inference", "--precisions", "fp32", "--device", "cpu",
-         "--official", str(OFFICIAL), "--dry-run"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(stand_ins)}, timeout=300,
+         "--official", str(official_checkout), "--dry-run"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(official_stand_ins)}, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     [row] = [r for r in map(rows.parse_row, result.stdout.splitlines()) if r is not None]

@@ -1,11 +1,14 @@
 """benchmarks/bench_cpu.py and bench_models_cpu.py run: their --quick modes, seconds of tiny
-shapes and models, in a subprocess.
+shapes and models, in a subprocess. bench_official_cpu.py refuses a folder that is not the
+official checkout, and with one (VMAMBA_OFFICIAL) times both models on the same weights.
 
 One thread: this checks that the script works, not timings, and a two-thread run on a busy
 machine can stall in every parallel region of torch and Numba alike."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +56,27 @@ def test_bench_models_cpu_quick_runs_every_table():
     # In inference also the other bfloat16 path, the model cast once, in the same rounds.
     cast_once = [line for line in result.stdout.splitlines() if "as a bfloat16 model" in line]
     assert len(cast_once) == 1 and "over float32, the same rounds:" in cast_once[0], cast_once
+
+
+def test_bench_official_cpu_refuses_a_folder_that_is_not_the_official_checkout(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_official_cpu.py"), "--official", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"--official {tmp_path}: no classification/models/vmamba.py there" in result.stderr, result.stderr[-3000:]
+    assert "img/s" not in result.stdout  # nothing timed
+
+
+def test_bench_official_cpu_times_both_models_on_the_same_weights(official_checkout, official_stand_ins):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_official_cpu.py"), "--official", str(official_checkout),
+         "--batches", "1", "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(official_stand_ins)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "torch.cuda.device(<cpu device>) is a no-op context" in result.stdout  # what it changed, said
+    [row] = [line.split() for line in result.stdout.splitlines() if re.match(r"\s+1\s", line)]
+    official, ours, ratio = float(row[1]), float(row[2]), float(row[3].rstrip("x"))
+    assert official > 0 and ours > 0 and ratio > 0, row
