@@ -1,6 +1,7 @@
 """Claims of vmamba_ref/tools/bench.py: the JSON report has the documented fields and consistent
-numbers, training mode times a backward pass, an unavailable backend is refused and never
-replaced, and every bad argument is named."""
+numbers, training mode times a backward pass, low precision runs under autocast or as a cast
+model (`cast`), an unavailable backend is refused and never replaced, and every bad argument is
+named."""
 
 import json
 import math
@@ -11,14 +12,15 @@ import torch
 
 import vmamba_ref.contract as contract
 import vmamba_ref.tools.bench as bench
+from vmamba_ref import available_backends as available
 from vmamba_ref import fastest_backend
 from vmamba_ref.contract import BackendUnavailableError
 from vmamba_ref.tools.bench import BenchConfig, check_backend_runs, format_result, run_benchmark
 from vmamba_ref.tools.cli import main
 
 REPORT_FIELDS = {
-    "model", "backend", "mode", "batch_size", "resolution", "dtype", "device", "warmup", "iters",
-    "train", "seed", "images_per_s", "ms_per_iter", "times_s", "params", "threads", "device_name",
+    "model", "backend", "mode", "batch_size", "resolution", "dtype", "cast", "device", "warmup",
+    "iters", "train", "seed", "images_per_s", "ms_per_iter", "times_s", "params", "threads", "device_name",
     "torch",
 }  # fmt: skip
 
@@ -72,10 +74,37 @@ def test_train_mode_runs_forward_and_backward(monkeypatch):
     assert "train" in format_result(result)
 
 
-def test_mixed_precision_runs_under_autocast():
+def _record_heads(monkeypatch) -> list[tuple[torch.dtype, torch.dtype, bool]]:
+    """(input dtype, weight dtype, autocast on) of every classifier-head call from now on."""
+    seen = []
+    original = torch.nn.Linear.forward
+
+    def recording(self, x):
+        seen.append((x.dtype, self.weight.dtype, torch.is_autocast_enabled("cpu")))
+        return original(self, x)
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", recording)
+    return seen
+
+
+def test_mixed_precision_runs_under_autocast(monkeypatch):
+    seen = _record_heads(monkeypatch)
     # vmamba_tiny: every stage has dt_rank >= 6 (see the report on vmamba_mini under autocast).
     config = BenchConfig(model="vmamba_tiny", batch_size=1, resolution=32, dtype="bfloat16", warmup=0, iters=1)
-    assert run_benchmark(config).to_dict()["dtype"] == "bfloat16"
+    result = run_benchmark(config)
+    assert result.to_dict()["dtype"] == "bfloat16" and result.to_dict()["cast"] is False
+    assert "bfloat16 (autocast)" in format_result(result)
+    assert seen and all(weight == torch.float32 and autocast for _, weight, autocast in seen), seen
+
+
+def test_cast_runs_the_model_and_images_in_the_dtype_without_autocast(monkeypatch, capsys):
+    seen = _record_heads(monkeypatch)
+    argv = ["bench", "vmamba_mini", "--backend", "numba" if "numba" in available() else "ref",
+            "--batch-size", "2", "--resolution", "32", "--dtype", "bfloat16", "--cast",
+            "--warmup", "0", "--iters", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert "bfloat16 (model cast)" in capsys.readouterr().out
+    assert seen == [(torch.bfloat16, torch.bfloat16, False)], seen
 
 
 def test_an_unavailable_backend_is_refused(monkeypatch, capsys):
@@ -113,12 +142,22 @@ def test_a_backend_on_the_wrong_device_is_refused(monkeypatch):
         ("warmup", -1),
         ("iters", 0),
         ("iters", 2.5),
+        ("cast", "yes"),
     ],
 )
 def test_bad_config_fields_are_named(field, value):
     fields = {"model": "vmamba_mini", field: value}
     with pytest.raises(ValueError, match=field if field != "backend" else "backend must be one of"):
         BenchConfig(**fields)
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [({"cast": True}, "pass dtype 'bfloat16' or 'float16'"), ({"cast": True, "dtype": "bfloat16", "train": True}, "for inference")],
+)
+def test_cast_needs_low_precision_inference(fields, why):
+    with pytest.raises(ValueError, match=f"BenchConfig.cast .*{why}"):
+        BenchConfig(model="vmamba_mini", **fields)
 
 
 @pytest.mark.parametrize(
@@ -134,6 +173,17 @@ def test_cli_names_a_bad_argument(argv, named, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "vmamba_mini", *argv])
     assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [(["--cast"], "pass --dtype bfloat16 or float16"), (["--cast", "--dtype", "bfloat16", "--train"], "drop --train")],
+)
+def test_cli_refuses_cast_outside_low_precision_inference(argv, why, capsys):
+    assert main(["bench", "vmamba_mini", "--resolution", "16", "--iters", "1", *argv]) == 2
+    captured = capsys.readouterr()
+    assert "--cast" in captured.err and why in captured.err
+    assert captured.out == ""  # nothing measured
 
 
 def test_cli_names_a_bad_device(capsys):

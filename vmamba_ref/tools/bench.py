@@ -9,7 +9,7 @@ timed on its own so that the spread is visible.
 | mode        | eval + no_grad (inference); train: forward + cross-entropy + backward, optimizer excluded | same |
 | batch       | 128                                      | 8                                        |
 | passes      | 50 warm-up, 30 timed                     | 2 warm-up, 5 timed                       |
-| dtype       | float32 without autocast; AMP variant    | float32 without autocast; "bfloat16"/"float16" run under torch.autocast |
+| dtype       | float32 without autocast; AMP variant    | float32 without autocast; "bfloat16"/"float16" run under torch.autocast, or with `cast` (inference) as a model and images cast to that dtype, the faster path on a CPU |
 | throughput  | 30 * 128 / total time                    | `mean` (same definition), plus the median, min and max over passes |
 
 A backend that is not installed, or cannot run on the requested device, is refused with
@@ -19,7 +19,7 @@ JSON report (`BenchResult.to_dict`), one object:
 
 | field          | meaning                                                                |
 |----------------|------------------------------------------------------------------------|
-| model, backend, mode ("inference" or "train"), batch_size, resolution, dtype, device, warmup, iters, seed | the configuration |
+| model, backend, mode ("inference" or "train"), batch_size, resolution, dtype, cast, device, warmup, iters, seed | the configuration |
 | images_per_s   | {"median", "min", "max", "mean"}: per pass batch / seconds; mean = iters * batch / total seconds |
 | ms_per_iter    | {"median", "min", "max"}: milliseconds per pass                        |
 | times_s        | seconds of every timed pass, in order                                  |
@@ -46,7 +46,8 @@ from vmamba_ref.contract import BackendUnavailableError, check_backend_name, get
 from vmamba_ref.model import MODELS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-"""--dtype choices. float32 runs as is; the others run under torch.autocast (mixed precision)."""
+"""--dtype choices. float32 runs as is; the others run under torch.autocast (mixed precision),
+or with `cast` as a model cast to that dtype."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ class BenchConfig:
     iters: int = 5  # timed passes (official: 30)
     train: bool = False  # forward + cross-entropy + backward per pass instead of inference
     seed: int = 0  # seeds the weights and the random batch
+    # Low-precision inference as a model and images cast to `dtype` (`model.to(dtype)`) instead
+    # of torch.autocast, which casts every weight again on every pass: on a CPU the faster
+    # bfloat16 path (docs/kernels.md, "Which bfloat16 path").
+    cast: bool = False
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -76,6 +81,12 @@ class BenchConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"BenchConfig.{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.cast, bool):
+            raise ValueError(f"BenchConfig.cast must be a bool, got {self.cast!r}")
+        if self.cast and self.dtype == "float32":
+            raise ValueError("BenchConfig.cast casts the model to a low-precision dtype: pass dtype 'bfloat16' or 'float16'")
+        if self.cast and self.train:
+            raise ValueError("BenchConfig.cast is for inference: train under autocast (cast=False) instead")
         if not isinstance(self.warmup, int) or isinstance(self.warmup, bool) or self.warmup < 0:
             raise ValueError(f"BenchConfig.warmup must be an int >= 0, got {self.warmup!r}")
         try:
@@ -172,7 +183,9 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> BenchResult:
         config.batch_size, in_chans, config.resolution, config.resolution, device=device
     )
     labels = torch.randint(model.num_classes, (config.batch_size,), device=device)
-    if config.dtype == "float32":
+    if config.cast:
+        model, x = model.to(DTYPES[config.dtype]), x.to(DTYPES[config.dtype])
+    if config.dtype == "float32" or config.cast:
         precision = contextlib.nullcontext
     else:
 
@@ -217,11 +230,18 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> BenchResult:
     )
 
 
+def precision_label(config: BenchConfig) -> str:
+    """How the passes ran: "float32", "bfloat16 (autocast)" or "bfloat16 (model cast)"."""
+    if config.dtype == "float32":
+        return config.dtype
+    return f"{config.dtype} ({'model cast' if config.cast else 'autocast'})"
+
+
 def format_result(result: BenchResult) -> str:
     """A small table: images/s and ms per pass, median/min/max, and the overall mean."""
     cfg = result.config
     head = (
-        f"{cfg.model}, backend {cfg.backend}, {cfg.mode}, {cfg.dtype}, batch {cfg.batch_size} at "
+        f"{cfg.model}, backend {cfg.backend}, {cfg.mode}, {precision_label(cfg)}, batch {cfg.batch_size} at "
         f"{cfg.resolution}x{cfg.resolution}, {cfg.device} ({result.device_name}, {result.threads} threads), "
         f"{cfg.warmup} warm-up + {cfg.iters} timed passes"
     )

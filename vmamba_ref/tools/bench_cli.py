@@ -38,7 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=list(DTYPES),
         default=defaults.dtype,
-        help="float32 as is; bfloat16/float16 under torch.autocast",
+        help="float32 as is; bfloat16/float16 under torch.autocast (or cast: --cast)",
+    )
+    parser.add_argument(
+        "--cast",
+        action="store_true",
+        help="inference with the model and images cast to --dtype instead of autocast: "
+        "the faster bfloat16 path on a CPU",
     )
     parser.add_argument("--device", default=defaults.device, help="cpu (default), cuda or cuda:N")
     parser.add_argument(
@@ -60,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_device("--device", args.device)
+    if args.cast and (args.train or args.dtype == "float32"):
+        why = "drop --train (a training step runs under autocast)" if args.train else "pass --dtype bfloat16 or float16"
+        print(f"vmamba bench: --cast casts the model for inference in a low-precision dtype: {why}", file=sys.stderr)
+        return 2
     if args.json is not None:
         check_output_file("--json", args.json)
     backend = args.backend
@@ -82,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             iters=args.iters,
             train=args.train,
             seed=args.seed,
+            cast=args.cast,
         )
     except ValueError as err:
         print(f"vmamba bench: {err}", file=sys.stderr)
