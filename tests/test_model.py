@@ -1,11 +1,13 @@
 """Claims of vmamba_ref/model.py and ss2d.py: exact parameter counts and checkpoint keys of the
-released models, gradients everywhere, the projection order, and input checks."""
+released models, gradients everywhere, the projection order, stochastic depth, and input
+checks."""
 
 import io
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vmamba_ref import (
     MODELS,
@@ -20,6 +22,7 @@ from vmamba_ref import (
     vmamba_mini,
     vmamba_tiny,
 )
+from vmamba_ref.layers import DropPath
 from vmamba_ref.model import PatchMerging2d
 from vmamba_ref.testing.tolerances import FLOAT64_REWRITE
 
@@ -154,6 +157,43 @@ def test_stochastic_depth_rates_rise_linearly_over_all_blocks():
     rates = [block.drop_path.p for layer in model.layers for block in layer.blocks]
     assert len(rates) == 14
     torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.2, 14))
+
+
+class _MapOps(TorchDispatchMode):
+    """Records the name of every operator whose output has `numel` elements."""
+
+    def __init__(self, numel: int):
+        super().__init__()
+        self.numel, self.names = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.numel() == self.numel:
+            self.names.append(func.__name__)
+        return out
+
+
+def test_drop_path_keeps_or_drops_whole_samples_in_one_multiply():
+    """In training every sample of the branch is zero or scaled by 1 / (1 - p), about 1 - p of
+    them kept, with one multiply over the map (a per-sample factor formed first); in evaluation
+    the branch passes through untouched."""
+    torch.manual_seed(0)
+    drop = DropPath(0.25).train()
+    x = torch.randn(4000, 3, 2, 2).requires_grad_()
+    with _MapOps(x.numel()) as forward:
+        y = drop(x)
+    assert forward.names == ["mul.Tensor"], forward.names
+    grad = torch.ones_like(y)
+    with _MapOps(x.numel()) as backward:
+        y.backward(grad)
+    arithmetic = [name for name in backward.names if name != "detach.default"]  # not the accumulation's
+    assert arithmetic == ["mul.Tensor"], backward.names
+    kept = y.detach().flatten(1).ne(0).any(1)  # (4000,)
+    scale = torch.tensor(1 / 0.75, dtype=torch.float32)
+    assert torch.equal(y.detach()[kept], x.detach()[kept] * scale)
+    assert torch.equal(y.detach()[~kept], torch.zeros_like(x[~kept]))
+    assert abs(kept.float().mean().item() - 0.75) < 0.03
+    assert drop.eval()(x) is x
 
 
 def test_forward_head_pre_logits_and_no_head():

@@ -53,7 +53,11 @@ class Linear2d(nn.Linear):
 
 class DropPath(nn.Module):
     """Stochastic depth (Huang et al. 2016): in training, zero a whole residual branch per sample
-    with probability p and scale the kept ones by 1 / (1 - p); identity in evaluation."""
+    with probability p and scale the kept ones by 1 / (1 - p); identity in evaluation.
+
+    The per-sample factor (0 or 1 / (1 - p)) is formed first and the branch multiplied by it
+    once, as timm's `drop_path` does: one pass over the map forward and one backward, where
+    masking and then dividing took two of each."""
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
@@ -65,8 +69,8 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)  # (b, 1, 1, 1)
-        return x * mask / keep
+        scale = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep).div_(keep)  # (b, 1, 1, 1)
+        return x * scale
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
