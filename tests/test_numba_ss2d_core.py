@@ -137,9 +137,10 @@ def _layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
 def test_the_maps_layout_changes_no_number(d, n, tile, dtype):
     """The forward kernel reads x and writes y in the layout x is stored in (`load_channels`):
     channel-first, channels_last (the network's CPU maps; y is then channels_last too, so that
-    out_norm reads it in place) or any other strides (copied contiguous first). The layout
-    changes no number: y and every gradient are bitwise the channel-first ones. Items of one
-    channel block and of several (n = 16), channel counts that leave a short last item."""
+    out_norm reads it in place, and so is dx, so that the SiLU's backward before the core reads
+    it in place) or any other strides (copied contiguous first). The layout changes no number:
+    y and every gradient are bitwise the channel-first ones. Items of one channel block and of
+    several (n = 16), channel counts that leave a short last item."""
     args = SS2DCoreCase(
         batch=2, channels=d, height=6, width=7, state=n, dtype=dtype, requires_grad=True
     ).build()
@@ -153,6 +154,7 @@ def test_the_maps_layout_changes_no_number(d, n, tile, dtype):
             y = ss2d_core(**{**args, "x": x})
             assert y.is_contiguous(memory_format=torch.channels_last) == (name == "channels_last"), name
             got = (y, *torch.autograd.grad(y, (x, args["delta"], args["A"]), dy))
+            assert got[1].is_contiguous(memory_format=torch.channels_last) == (name == "channels_last"), name
             assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True)), name
 
 

@@ -10,7 +10,7 @@ it, and `torch.utils.flop_counter` counts it:
 | `vmamba::selective_scan_fwd(u, delta, A, B, C, D?, delta_bias?, initial_state?, delta_softplus)` | (y (b, k*d, l), last_state (b, k*d, n)), computation dtype |
 | `vmamba::selective_scan_bwd(dy, dlast?, u, delta, A, B, C, D?, delta_bias?, initial_state?, delta_softplus)` | (du, ddelta, dA, dB, dC, dD, ddelta_bias, dinitial_state) |
 | `vmamba::ss2d_core_fwd(x, delta, A, B, C, D?, delta_bias?, delta_softplus)` | y (b, d, h, w), computation dtype, stored like a CPU x (`ss2d_core_output`) |
-| `vmamba::ss2d_core_bwd(dy, x, delta, A, B, C, D?, delta_bias?, delta_softplus)` | (dx, ddelta, dA, dB, dC, dD, ddelta_bias) |
+| `vmamba::ss2d_core_bwd(dy, x, delta, A, B, C, D?, delta_bias?, delta_softplus)` | (dx, ddelta, dA, dB, dC, dD, ddelta_bias), dx stored like y |
 
 Layouts and the dtype rule are the contract's (`vmamba_ref/contract.py`): the scan computes in
 float64 for float64 input and in float32 otherwise, and returns that computation dtype. Each
@@ -122,8 +122,9 @@ def _(u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus):
 
 def _grad_like(t: Tensor | None, reference: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """The gradient of input `t` as the kernels return it: t's shape and dtype, contiguous
-    whatever t's strides (a transposed u, a channels_last x); for an optional input passed as
-    None, a contiguous stand-in of `shape` in the computation dtype."""
+    whatever t's strides (a transposed u; the core's dx is the one exception,
+    `ss2d_core_output`); for an optional input passed as None, a contiguous stand-in of `shape`
+    in the computation dtype."""
     if t is None:
         return reference.new_empty(shape, dtype=dtype)
     return t.new_empty(t.shape)
@@ -143,11 +144,13 @@ def _(dy, dlast, u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus
 
 
 def ss2d_core_output(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """The y of `vmamba::ss2d_core_fwd` for this x, uninitialised: (b, d, h, w) in `dtype`,
-    stored channels_last when x is a channels_last CPU map (what the network keeps on the CPU:
-    the CPU kernel reads x and writes y in that layout, so that out_norm reads y in place),
-    contiguous otherwise. The CPU kernel and the fake kernel both allocate y here, so that
-    torch.compile's graphs expect the strides the kernel returns."""
+    """The y of `vmamba::ss2d_core_fwd` for this x, and the dx of `vmamba::ss2d_core_bwd`,
+    uninitialised: (b, d, h, w) in `dtype`, stored channels_last when x is a channels_last CPU
+    map (what the network keeps on the CPU: the CPU kernel reads x and writes y in that layout,
+    so that out_norm reads y in place; dx in x's layout keeps the elementwise backward before
+    the core off torch's mixed-layout path), contiguous otherwise. The CPU kernels and the fake
+    kernels allocate them here, so that torch.compile's graphs expect the strides the kernels
+    return."""
     b, d, h, w = x.shape
     if x.device.type == "cpu" and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return x.new_empty((b, h, w, d), dtype=dtype).permute(0, 3, 1, 2)  # (b, d, h, w)
@@ -165,7 +168,8 @@ def _(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
     kd = A.shape[0]
     dtype = compute_dtype(x.dtype)
     return (
-        *(_grad_like(t, x, (), dtype) for t in (x, delta, A, B, C)),
+        ss2d_core_output(x, x.dtype),  # dx, stored like y
+        *(_grad_like(t, x, (), dtype) for t in (delta, A, B, C)),
         _grad_like(D, x, (kd,), dtype),
         _grad_like(delta_bias, x, (kd,), dtype),
     )

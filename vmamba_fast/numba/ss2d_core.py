@@ -587,6 +587,12 @@ def ss2d_core_bwd_cpu(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
             dB_part, dC_part,
             dD_part, dbias_part,
         )  # fmt: skip
+    # dx leaves in y's layout (`ops.ss2d_core_output`): for the network's channels_last maps one
+    # copy here, where a contiguous dx made the SiLU's backward before the core take torch's
+    # mixed-layout path (8x slower at VMamba-T's stage 1) and the convolution's backward copy.
+    dx_out = ops.ss2d_core_output(x, dtype)  # (b, d, h, w)
+    if not dx_out.is_contiguous():
+        dx = dx_out.copy_(dx)
     grads = (
         dx,
         ddelta,
