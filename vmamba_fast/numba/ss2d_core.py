@@ -590,7 +590,7 @@ def ss2d_core_bwd_cpu(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
     # dx leaves in y's layout (`ops.ss2d_core_output`): for the network's channels_last maps one
     # copy here, where a contiguous dx made the SiLU's backward before the core take torch's
     # mixed-layout path (8x slower at VMamba-T's stage 1) and the convolution's backward copy.
-    dx_out = ops.ss2d_core_output(x, dtype)  # (b, d, h, w)
+    dx_out = ops.ss2d_core_output(x, x.dtype)  # (b, d, h, w), in x's dtype: one pass copies and casts
     if not dx_out.is_contiguous():
         dx = dx_out.copy_(dx)
     grads = (
