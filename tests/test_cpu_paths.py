@@ -1,8 +1,9 @@
 """The network's CPU execution paths change no number (vmamba_ref/model.py, layers.py).
 
 On the CPU the network keeps its maps channels_last, and with a fast backend in evaluation a
-stage runs its batch in chunks of images (`VSSStage.run_blocks`). Both are claimed to be layout
-and scheduling only: the logits equal the plain path's and the reference backend's.
+stage runs its batch in chunks of images (`in_chunks`: the stem with stage 1, each stage with its
+downsampling). Both are claimed to be layout and scheduling only: the logits equal the plain
+path's and the reference backend's.
 """
 
 import dataclasses
@@ -157,18 +158,50 @@ def test_a_model_pickles_whole_and_keeps_its_weight_layout(weights):
 
 @pytest.mark.parametrize("backend", _fast_backends())
 def test_chunked_stages_give_the_reference_logits(backend, weights, monkeypatch):
-    """With 16 tokens per chunk, stage 1 (8 x 8 tokens at 32 x 32) runs image by image and stage
-    2 two images at a time; the batch of 5 leaves a short last chunk."""
+    """With 16 tokens per chunk at 32 x 32, the stem, stage 1 (8 x 8 tokens) and its
+    downsampling run image by image, as do stage 2 (4 x 4); stage 3 (2 x 2) runs four images,
+    then the short last chunk of one; stage 4 (1 x 1) takes the whole batch of 5."""
     monkeypatch.setattr(model_module, "CHUNK_TOKENS", 16)
     model = _model(backend, weights)
-    calls = []
-    model.layers[0].blocks.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    seen = {}  # module name -> the batch sizes it was called with, in order
+    watched = {"stem": model.patch_embed}
+    for i, stage in enumerate(model.layers):
+        watched[f"stage {i + 1} blocks"] = stage.blocks
+        watched[f"stage {i + 1} downsample"] = stage.downsample
+    for name, module in watched.items():
+        module.register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, []).append(i[0].shape[0]))
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         chunked = model(x)
-        assert calls == [1, 1, 1, 1, 1]
         reference = _model("ref", weights)(x)
+    one_by_one = [1, 1, 1, 1, 1]
+    assert seen == {
+        "stem": one_by_one,
+        "stage 1 blocks": one_by_one,
+        "stage 1 downsample": one_by_one,
+        "stage 2 blocks": one_by_one,
+        "stage 2 downsample": one_by_one,
+        "stage 3 blocks": [4, 1],
+        "stage 3 downsample": [4, 1],
+        "stage 4 blocks": [5],
+        "stage 4 downsample": [5],
+    }
     assert_close(chunked, reference, backend, what=f"{backend} logits, chunked")
+
+
+def test_forward_intermediates_tap_the_chunked_stages(weights, monkeypatch):
+    """The stage maps come from the same chunked blocks as the logits, before the downsampling:
+    equal to the maps of the plain path (a batch that fits one chunk)."""
+    backend = "numba" if "numba" in _fast_backends() else "torch"
+    model = _model(backend, weights)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        plain = model.forward_intermediates(x, intermediates_only=True)
+        monkeypatch.setattr(model_module, "CHUNK_TOKENS", 16)
+        chunked = model.forward_intermediates(x, intermediates_only=True)
+    assert [m.shape for m in chunked] == [(3, 16, 8, 8), (3, 32, 4, 4), (3, 64, 2, 2), (3, 128, 1, 1)]
+    for i, (a, b) in enumerate(zip(chunked, plain, strict=True)):
+        assert_close(a, b, backend, what=f"stage {i + 1} map, chunked")
 
 
 @pytest.mark.parametrize("backend", ["ref", *_fast_backends()])

@@ -32,8 +32,33 @@ from vmamba_ref.layers import DropPath, GELU2d, LayerNorm2d, Linear2d, Mlp
 from vmamba_ref.ss2d import SS2D
 
 CHUNK_TOKENS = 4096
-"""Tokens per chunk of `VSSStage.run_blocks`: VMamba-T's stage 1 (56 x 56 = 3,136 tokens) runs image
-by image, with its largest temporary (b=1, 4 * 96 channels) at 4.8 MB."""
+"""Tokens per chunk of `in_chunks`: VMamba-T's stage 1 (56 x 56 = 3,136 tokens) runs image by
+image, with its largest temporary (b=1, 4 * 96 channels) at 4.8 MB."""
+
+
+def in_chunks(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tokens: int, backend: str, training: bool
+) -> torch.Tensor:
+    """fn(x) for a per-image fn, run on chunks of whole images of about `CHUNK_TOKENS` tokens
+    (`tokens` per image at the resolution of fn's largest temporaries) when that pays: with a
+    fast backend, in evaluation, on the CPU.
+
+    Every operation of the network up to the pooling is per image (convolutions, per-pixel
+    LayerNorms, the scans; DropPath is the identity in evaluation), so the output is the same,
+    while each chunk's temporaries (the stem's 112 x 112 maps at 224 x 224, the MLP's 4c-wide
+    hidden map, the k routes' step sizes) stay in the caches and under the allocator's mmap
+    threshold (32 MiB in glibc): a plain process then neither zeroes fresh pages on every call
+    nor streams them through DRAM. The "ref" backend, training, other devices, a symbolic batch
+    size (torch.compile's dynamic shapes, torch.export with a free batch dimension) and
+    TorchScript traces (whose chunk sizes would be frozen) take the whole batch; torch.compile
+    with a fixed batch chunks as eager does.
+    """
+    b = x.shape[0]
+    per_chunk = max(1, CHUNK_TOKENS // max(1, tokens))  # images per chunk
+    traced = not isinstance(b, int) or torch.jit.is_tracing()
+    if backend == "ref" or training or x.device.type != "cpu" or traced or per_chunk >= b:
+        return fn(x)  # (b, ...)
+    return torch.cat([fn(part) for part in x.split(per_chunk)], dim=0)  # (b, ...)
 
 
 def cpu_layout(x: torch.Tensor) -> torch.Tensor:
@@ -116,28 +141,17 @@ class VSSStage(nn.Module):
         self.blocks, self.downsample, self.backend = blocks, downsample, backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.downsample(self.run_blocks(x))  # (b, c, h, w) -> (b, c', h', w')
+        """Blocks, then downsampling: (b, c, h, w) -> (b, c', h', w'), in chunks of images
+        (`in_chunks`), so a chunk's map is downsampled while it is still in the caches."""
+        return in_chunks(self.run_chunk, x, x.shape[2] * x.shape[3], self.backend, self.training)
+
+    def run_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.downsample(self.blocks(x))  # (b, c, h, w) -> (b, c', h', w')
 
     def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """The stage's VSS blocks on x (b, c, h, w).
-
-        The switch between the plain and the chunked path: with a fast backend, in evaluation on
-        the CPU, the batch runs through the stage in chunks of whole images of about
-        `CHUNK_TOKENS` tokens. Every operation of a block is per image (the LayerNorms are per
-        pixel, DropPath is the identity in evaluation), so the output is the same, while each
-        chunk's temporaries (the MLP's 4c-wide hidden map, the k routes' step sizes) stay in the
-        caches and under the allocator's mmap threshold (32 MiB in glibc): a plain process
-        then neither zeroes fresh pages on every call nor streams them through DRAM. The "ref"
-        backend, training, other devices, a symbolic batch size (torch.compile's dynamic shapes,
-        torch.export with a free batch dimension) and TorchScript traces (whose chunk sizes would
-        be frozen) take the whole batch; torch.compile with a fixed batch chunks as eager does.
-        """
-        b, _, h, w = x.shape
-        per_chunk = max(1, CHUNK_TOKENS // max(1, h * w))  # images per chunk
-        traced = not isinstance(b, int) or torch.jit.is_tracing()
-        if self.backend == "ref" or self.training or x.device.type != "cpu" or traced or per_chunk >= b:
-            return self.blocks(x)  # (b, c, h, w)
-        return torch.cat([self.blocks(part) for part in x.split(per_chunk)], dim=0)  # (b, c, h, w)
+        """The stage's VSS blocks alone on x (b, c, h, w), in chunks of images (`in_chunks`): the
+        map before the downsampling, where `VMamba.forward_intermediates` taps."""
+        return in_chunks(self.blocks, x, x.shape[2] * x.shape[3], self.backend, self.training)  # (b, c, h, w)
 
 
 def make_stem(config: VMambaConfig) -> nn.Sequential:
@@ -228,10 +242,18 @@ class VMamba(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and stages: (b, in_chans, H, W) -> (b, c3, H/32, W/32)."""
         self.check_input(x)
-        x = self.patch_embed(cpu_layout(x))  # (b, c0, H/4, W/4)
-        for layer in self.layers:
+        x = cpu_layout(x)  # (b, in_chans, H, W)
+        # The stem and the first stage run together on each chunk of images: the stem's output
+        # (and its H/2 x W/2 maps before it) never exists for the whole batch (`in_chunks`).
+        tokens = -(-x.shape[2] // 4) * -(-x.shape[3] // 4)  # the first stage's h * w per image
+        x = in_chunks(self.run_first_stage, x, tokens, self.backend, self.training)  # (b, c1, H/8, W/8)
+        for layer in self.layers[1:]:
             x = layer(x)  # (b, c_{i+1}, h/2, w/2), the last stage keeps its size
         return x
+
+    def run_first_stage(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem, then the first stage (with its downsampling) on a chunk of images."""
+        return self.layers[0](self.patch_embed(x))  # (b, in_chans, H, W) -> (b, c1, H/8, W/8)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Classifier: LayerNorm, average pool, linear. (b, c3, h, w) -> (b, num_classes), or the
