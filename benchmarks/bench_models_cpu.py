@@ -13,6 +13,12 @@ those interleaved calls, not from two tables minutes apart; in inference also th
 other bfloat16 path, the model cast once (`model.to(torch.bfloat16)`), which skips autocast's
 per-call cast of the weights.
 
+One process's heap is shaped by every model it has run: after the peers' large temporaries,
+glibc keeps more freed memory, and every model's page faults look smaller than in a script that
+runs that model alone. So the last table runs each model in a fresh Python process of its own
+(float32 inference, batch 1 and 8), the processes alternated over `--isolated-rounds` rounds:
+images/s and first-touched memory as a user's one-model script gets them.
+
 Columns:
 - images/s: batch / median seconds per call (forward under `no_grad`, or a training step:
   forward, cross-entropy, backward, SGD step);
@@ -35,8 +41,10 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import json
 import resource
 import statistics
+import subprocess
 import sys
 import time
 import types
@@ -212,6 +220,68 @@ def compiled_row(row: Row) -> Row:
     return Row(f"{row.name}, compiled", torch.compile(row.model), row.macs_per_image)
 
 
+ISOLATED_WARMUP = 3
+"""Untimed calls of a model's own process before it times: the first calls load Numba's cached
+kernels and grow the heap to its steady size."""
+
+
+def isolated_models(quick: bool) -> dict[str, Callable[[], nn.Module]]:
+    """What the isolated table builds, one model per process: VMamba-T on the first fast
+    backend (VMamba-mini with --quick) and the peers."""
+    fast = [b for b in available_backends() if b in ("numba", "torch")][0]
+    key, label = ("vmamba_mini", "VMamba-mini") if quick else ("vmamba_tiny", "VMamba-T")
+    return {f"{label} ({fast})": lambda: MODELS[key](backend=fast), **torchvision_models()}
+
+
+def isolated_worker(name: str, batch: int, size: int, calls: int, quick: bool) -> None:
+    """The body of one isolated process: build `name` alone, warm it up, time `calls` float32
+    forwards, print their seconds and page faults as one JSON line."""
+    torch.manual_seed(0)
+    model = isolated_models(quick)[name]().eval()
+    call = make_call(model, batch, size, torch.float32, train=False)
+    for _ in range(ISOLATED_WARMUP):
+        call()
+    seconds, faults = [], []
+    for _ in range(calls):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - start)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(json.dumps({"seconds": seconds, "faults": faults}))
+
+
+def isolated_table(names: list[str], batches: tuple[int, ...], size: int, rounds: int, quick: bool) -> None:
+    """Each model in a fresh process of its own, one process at a time, the models alternated in
+    every round; a row's figures are the medians over all its processes' timed calls."""
+    print(f"\n## inference, float32, each model in a process of its own, at {size}x{size}\n")
+    print(
+        "A fresh Python process per model, batch size and round, which builds only that model, as "
+        f"a user's script does; {rounds} round(s), the processes alternated.\n"
+    )
+    for batch in batches:
+        calls = 2 if quick else max(4, 24 // batch)
+        seconds: dict[str, list[float]] = {name: [] for name in names}
+        faults: dict[str, list[int]] = {name: [] for name in names}
+        for _ in range(rounds):
+            for name in names:
+                command = [sys.executable, __file__, "--worker", name, "--batch", str(batch), "--size", str(size)]
+                command += ["--calls", str(calls), *(["--quick"] if quick else [])]
+                done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+                if done.returncode != 0:
+                    raise RuntimeError(f"the isolated process of {name} (batch {batch}) failed:\n{done.stderr[-2000:]}")
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                seconds[name] += result["seconds"]
+                faults[name] += result["faults"]
+        reference = batch / statistics.median(seconds[names[0]])
+        print(f"| model, batch {batch} | images/s | vs {names[0]} | faults/call | MB/call |")
+        print("|---|---|---|---|---|")
+        for name in names:
+            rate, fault = batch / statistics.median(seconds[name]), statistics.median(faults[name])
+            print(f"| {name} | {rate:.2f} | {rate / reference:.2f}x | {fault:.0f} | {fault * PAGE_MB:.0f} |")
+        print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny inputs and models: checks the script runs")
@@ -222,7 +292,18 @@ def main() -> None:
     parser.add_argument(
         "--no-compile", action="store_true", help="skip the torch.compile row (it compiles for about a minute per batch size)"
     )
+    parser.add_argument(
+        "--isolated-rounds", type=int, default=2,
+        help="rounds of the table with each model in a process of its own (0 skips it)",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one isolated process: the model's name
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker is not None:
+        isolated_worker(args.worker, args.batch, args.size, args.calls, args.quick)
+        return
     size, batches, rounds = (64, (2,), 1) if args.quick else (224, (1, 8), args.rounds)
 
     print("# Whole models on the CPU, one plain process")
@@ -281,6 +362,10 @@ def main() -> None:
                         f"(model.to(torch.{str(dtype).removeprefix('torch.')}), images in that dtype) over "
                         f"float32, the same rounds: {float32_s / results[as_model][0]:.2f}x"
                     )
+    if args.isolated_rounds > 0:
+        del rows, compiled  # this process's models are done; the isolated ones build their own
+        names = list(isolated_models(args.quick))
+        isolated_table(names, batches, size, 1 if args.quick else args.isolated_rounds, args.quick)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,12 @@ def test_bench_models_cpu_quick_runs_every_table():
     # Each bfloat16 table gives the gain over float32 from calls interleaved in its own rounds.
     gains = [line for line in result.stdout.splitlines() if "over float32, the two interleaved" in line]
     assert len(gains) == 2 and all(line.startswith("VMamba-mini (numba) in bfloat16") for line in gains), gains
+    # The last table runs each model in a process of its own, VMamba first, every row measured.
+    isolated = result.stdout.split("## inference, float32, each model in a process of its own, at 64x64")
+    assert len(isolated) == 2, result.stdout
+    rows = [line for line in isolated[1].splitlines() if line.startswith("| ") and "images/s" not in line]
+    assert rows and rows[0].startswith("| VMamba-mini (numba) | ") and "| 1.00x |" in rows[0], rows
+    assert all(float(row.split("|")[2]) > 0 for row in rows), rows
     # In inference also the other bfloat16 path, the model cast once, in the same rounds.
     cast_once = [line for line in result.stdout.splitlines() if "as a bfloat16 model" in line]
     assert len(cast_once) == 1 and "over float32, the same rounds:" in cast_once[0], cast_once
