@@ -143,7 +143,7 @@ class VSSStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Blocks, then downsampling: (b, c, h, w) -> (b, c', h', w'), in chunks of images
         (`in_chunks`), so a chunk's map is downsampled while it is still in the caches."""
-        return in_chunks(self.run_chunk, x, x.shape[2] * x.shape[3], self.backend, self.training)
+        return self.chunked(self.run_chunk, x)  # (b, c', h', w')
 
     def run_chunk(self, x: torch.Tensor) -> torch.Tensor:
         return self.downsample(self.blocks(x))  # (b, c, h, w) -> (b, c', h', w')
@@ -151,7 +151,11 @@ class VSSStage(nn.Module):
     def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """The stage's VSS blocks alone on x (b, c, h, w), in chunks of images (`in_chunks`): the
         map before the downsampling, where `VMamba.forward_intermediates` taps."""
-        return in_chunks(self.blocks, x, x.shape[2] * x.shape[3], self.backend, self.training)  # (b, c, h, w)
+        return self.chunked(self.blocks, x)  # (b, c, h, w)
+
+    def chunked(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """fn on x (b, c, h, w) through `in_chunks`, at this stage's h * w tokens per image."""
+        return in_chunks(fn, x, x.shape[2] * x.shape[3], self.backend, self.training)
 
 
 def make_stem(config: VMambaConfig) -> nn.Sequential:
