@@ -33,7 +33,9 @@ Everything is measured in one run on one device, with the settings printed first
 
 Rows run most-wanted first (VMamba-T in every setting, then S and B inference, then their
 training steps); with `--budget-s`, a row that would end after the budget is skipped and says
-so. The paper reports 1,686 images/s for VMamba-T on one A100; the target on one H100 or H200 is
+so. With `--wait-for-build` the official kernels are still being built beside this run
+(`gpu_table.sh`): each stage's official rows then run after the stage's other rows, once
+`build_official_kernels.py` has written its `status.json`, and the settings say so. The paper reports 1,686 images/s for VMamba-T on one A100; the target on one H100 or H200 is
 2,500.
 """
 
@@ -53,6 +55,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import gpu_model_rows as rows_mod
+from build_official_kernels import STATUS_FILE
 from gpu_model_rows import IMPLS, MODES, PRECISIONS, Row, Timing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +64,7 @@ PAPER_A100_IMAGES_PER_S = 1686
 GPU_TARGET_IMAGES_PER_S = 2500  # on an H100 or H200
 ROOFLINE_TARGET = 0.70
 WATCHDOG_GRACE_S = 20  # a worker still running this long after the budget is killed
+BUILD_POLL_S = 1.0  # how often --wait-for-build looks for the build's status file
 IMPL_LABELS = {
     "official": "official, compiled oflex scan",
     "official+ours": "official code, our kernels (vmamba_fast.compat)",
@@ -116,19 +120,45 @@ class Job:
     modes: tuple[str, ...]
 
 
-def plan(shapes: Shapes) -> list[Job]:
+def plan(shapes: Shapes, build_pending: bool = False) -> list[Job]:
     """Most wanted first, so that a run cut short by its time budget keeps them: the first size
     in every mode, then the other sizes' inference, then their training steps; within each, the
-    implementations in `IMPLS` order (the official one first: every ratio is to it)."""
+    implementations in `IMPLS` order (the official one first: every ratio is to it), or, while
+    the official kernels are still being built (`build_pending`), the official one last."""
     first, rest = shapes.sizes[0], shapes.sizes[1:]
     stages = [(first, shapes.modes)]
     stages += [(size, (mode,)) for mode in shapes.modes for size in rest]
+    impls = list(shapes.impls)
+    if build_pending and "official" in impls:
+        impls.remove("official")
+        impls.append("official")
     return [
         Job(impl, size, modes)
         for size, modes in stages
-        for impl in shapes.impls
+        for impl in impls
         if rows_mod.planned_models(impl, size)
     ]
+
+
+def wait_for_build(build_dir: Path, deadline: float | None, say: Callable[[str], None]) -> str:
+    """Wait until `build_official_kernels.py` has written its status file in `build_dir` (or
+    the deadline has passed); "" when the build succeeded, else the reason the official rows
+    are skipped."""
+    status_file = build_dir / STATUS_FILE
+    start = time.time()
+    if not status_file.exists():
+        say(f"\nwaiting for the official build to write {status_file} ...")
+    while not status_file.exists():
+        if deadline is not None and time.time() > deadline:
+            return "skipped: the official build had not ended within the time budget"
+        time.sleep(BUILD_POLL_S)
+    status = json.loads(status_file.read_text())
+    waited = time.time() - start
+    if not status["ok"]:
+        say(f"official build failed: {status['reason']}")
+        return f"skipped: the official build failed ({status['reason']})"
+    say(f"official build: done in {status['seconds']:.0f} s (waited {waited:.0f} s here)")
+    return ""
 
 
 def names(value: str, known, flag: str) -> tuple[str, ...]:
@@ -158,6 +188,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--official-build", type=Path, help="the --build-dir of build_official_kernels.py"
     )
+    parser.add_argument(
+        "--wait-for-build",
+        action="store_true",
+        help="the official build is still running: run the official rows last in each stage, "
+        "after its status.json appears in --official-build",
+    )
     parser.add_argument("--sizes", type=lambda v: names(v, rows_mod.OUR_CONSTRUCTORS, "--sizes"))
     parser.add_argument("--impls", type=lambda v: names(v, IMPLS, "--impls"))
     parser.add_argument("--precisions", type=lambda v: names(v, PRECISIONS, "--precisions"))
@@ -180,6 +216,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.official_build is not None and not args.official_build.is_dir():
         parser.error(f"--official-build {args.official_build}: not a folder")
+    if args.wait_for_build and args.official_build is None:
+        parser.error("--wait-for-build needs --official-build, the folder the build writes to")
     if args.budget_s is not None and args.budget_s <= 0:
         parser.error(f"--budget-s must be positive, got {args.budget_s}")
     return args
@@ -329,7 +367,12 @@ def print_settings(args: argparse.Namespace, shapes: Shapes, device: str) -> lis
         f"torch.backends.cudnn.benchmark = {torch.backends.cudnn.benchmark}; training step: "
         "cross-entropy on fixed random labels, AdamW (torch defaults), gradients set to None",
         f"official checkout: {args.official or 'not given'}; compiled oflex build: "
-        f"{args.official_build or 'not given'}",
+        f"{args.official_build or 'not given'}"
+        + (
+            " (built on the host's CPU while the rows before the official ones ran)"
+            if args.wait_for_build
+            else ""
+        ),
     ]
     for line in lines:
         print(line)
@@ -405,7 +448,15 @@ def run_jobs(jobs: list[Job], args, shapes: Shapes, device: str, deadline) -> li
     when it ends."""
     rows: list[Row] = []
     if not args.dry_run:
+        build_skip = None  # "" once the awaited build succeeded, else why its rows are skipped
         for job in jobs:
+            if job.impl == "official" and args.wait_for_build and build_skip is None:
+                build_skip = wait_for_build(
+                    args.official_build, deadline, lambda line: print(line, flush=True)
+                )
+            if job.impl == "official" and build_skip:
+                rows += expected_rows(job, shapes, build_skip)
+                continue
             if deadline is not None and time.time() > deadline:
                 rows += expected_rows(job, shapes, "skipped: the time budget is spent")
                 continue
@@ -564,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.interpret:
         print("Triton interpreter on the CPU: this checks that the benchmark runs; its numbers")
         print("say nothing about GPU performance.")
-    jobs = plan(shapes)
+    jobs = plan(shapes, build_pending=args.wait_for_build)
     planned = sum(len(expected_rows(job, shapes, "")) for job in jobs)
     print(f"plan: {len(jobs)} worker processes, {planned} rows")
     fractions = {}

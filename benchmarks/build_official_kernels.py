@@ -22,11 +22,20 @@ read-only) and runs its `setup.py` there:
   sets that variable to the capability `torch.cuda.get_device_capability()` reports ("9.0" on an
   H100 or H200), so nvcc compiles one architecture.
 - `MAX_JOBS` lets ninja compile the three sources side by side.
+- CUDA 13: its CUB (3.0) removed `cub::CTA_SYNC` and `cub::LaneId`, which the official
+  `reverse_scan.cuh` calls, so nvcc 13 stops on them. The script adds
+  `-include benchmarks/cub3_compat.cuh` to `NVCC_APPEND_FLAGS` (an environment variable nvcc
+  reads itself): that header of ours defines the two functions when CUB is 3.0 or newer and
+  nothing otherwise, so the official sources compile unedited under every CUDA.
 
 The build's full output goes to `DIR/build.log`; the script prints the build time, the module's
 path (what `bench_gpu.py --official-build DIR` finds), and checks that the module imports in a
-fresh process. `--dry-run` prints the command and the environment it would use and checks that
-the `setup.py` exists and lists "oflex"; it needs neither a GPU nor nvcc.
+fresh process. Whatever the outcome, it ends by writing `DIR/status.json` (`ok`, `seconds`,
+`module`, `reason`), which `bench_gpu.py --wait-for-build` waits for when the build runs beside
+the measurements (`gpu_table.sh`).
+
+`--dry-run` prints the command and the environment it would use and checks that the `setup.py`
+exists and lists "oflex"; it needs neither a GPU nor nvcc, and writes nothing.
 
 Exit status: 0 built (or dry run passed), 1 the build or the import failed, 2 bad arguments.
 """
@@ -36,6 +45,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import json
 import os
 import shlex
 import shutil
@@ -50,6 +60,8 @@ MODE = "oflex"
 MODULE = "selective_scan_cuda_oflex"
 SETUP_IMPORTS = ("packaging", "setuptools", "wheel")  # what setup.py imports besides torch
 LOG_TAIL_LINES = 40
+CUB3_COMPAT = Path(__file__).resolve().with_name("cub3_compat.cuh")  # force-included, see above
+STATUS_FILE = "status.json"  # in the build folder, written last
 
 
 @dataclass(frozen=True)
@@ -128,8 +140,30 @@ def make_plan(official: Path, build_dir: Path, arch: str) -> BuildPlan:
         "--build-temp",
         str(temp),
     )
-    env = {"TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": str(os.cpu_count() or 1)}
+    nvcc_flags = os.environ.get("NVCC_APPEND_FLAGS", "")
+    env = {
+        "TORCH_CUDA_ARCH_LIST": arch,
+        "MAX_JOBS": str(os.cpu_count() or 1),
+        "NVCC_APPEND_FLAGS": f"{nvcc_flags} -include {CUB3_COMPAT}".strip(),
+    }
     return BuildPlan(source, build_dir / "src", lib, command, env)
+
+
+def write_status(
+    build_dir: Path, ok: bool, reason: str, seconds: float | None = None, module: Path | None = None
+) -> None:
+    """The build's outcome, for `bench_gpu.py --wait-for-build`: written once, at the end,
+    through a temporary file, so that a reader never sees half of it."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    status = {
+        "ok": ok,
+        "reason": reason,
+        "seconds": seconds,
+        "module": None if module is None else str(module),
+    }
+    tmp = build_dir / (STATUS_FILE + ".tmp")
+    tmp.write_text(json.dumps(status))
+    tmp.replace(build_dir / STATUS_FILE)
 
 
 def tools() -> str:
@@ -166,8 +200,12 @@ def check_import(lib: Path) -> None:
         raise RuntimeError(f"the built {MODULE} does not import:\n{result.stderr[-3000:]}")
 
 
-def build(plan: BuildPlan, timeout_s: float) -> Path:
-    """Copy the sources, run setup.py with its output in build.log; the module's path."""
+class BuildFailed(Exception):
+    """The build stopped, failed, or gave a module that does not import; the message says which."""
+
+
+def build(plan: BuildPlan, timeout_s: float) -> tuple[Path, float]:
+    """Copy the sources, run setup.py with its output in build.log; (the module's path, seconds)."""
     if plan.src.exists():
         shutil.rmtree(plan.src)
     shutil.copytree(plan.source, plan.src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
@@ -180,19 +218,19 @@ def build(plan: BuildPlan, timeout_s: float) -> Path:
                 stderr=subprocess.STDOUT, timeout=timeout_s,
             )  # fmt: skip
         except subprocess.TimeoutExpired:
-            print(f"build stopped after {timeout_s:.0f} s (--timeout-s); log: {log_path}")
-            raise SystemExit(1) from None
+            raise BuildFailed(
+                f"build stopped after {timeout_s:.0f} s (--timeout-s); log: {log_path}"
+            ) from None
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
         print("\n".join(tail))
-        print(
+        raise BuildFailed(
             f"build FAILED after {seconds:.0f} s (exit {result.returncode}); full log: {log_path}"
         )
-        raise SystemExit(1)
     module = find_module(plan.lib)
     print(f"build time: {seconds:.1f} s; module: {module}; log: {log_path}")
-    return module
+    return module, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,21 +250,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f"copy: {plan.source} -> {plan.src}")
     print(f"TORCH_CUDA_ARCH_LIST: {arch_note}")
     print(f"tools: {tools()}")
+    print(f"force-included into each .cu (defines nothing under CUB < 3.0): {CUB3_COMPAT}")
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in plan.env.items())
     print(f"command, in {plan.src}:\n  {env} {shlex.join(plan.command)}")
     if args.dry_run:
         print("dry run: nothing built")
         return 0
-    if arch is None:
-        raise SystemExit("building needs a CUDA GPU: setup.py reads the GPU's compute capability")
-    module = build(plan, args.timeout_s)
+    (args.build_dir / STATUS_FILE).unlink(missing_ok=True)  # a reader waits for this build's
     try:
-        check_import(module.parent)
-    except RuntimeError as err:
-        print(err)
+        if arch is None:
+            raise BuildFailed(
+                "building needs a CUDA GPU: setup.py reads the GPU's compute capability"
+            )
+        try:
+            module, seconds = build(plan, args.timeout_s)
+            check_import(module.parent)
+        except RuntimeError as err:  # no module, or one that does not import
+            raise BuildFailed(str(err)) from err
+    except BuildFailed as failed:
+        print(failed)
+        write_status(args.build_dir, False, first_line(str(failed)))
         return 1
     print(f"{MODULE} imports from {module.parent}")
+    write_status(args.build_dir, True, "built", seconds, module)
     return 0
+
+
+def first_line(text: str) -> str:
+    return (text.splitlines() or [""])[0][:300]
 
 
 if __name__ == "__main__":

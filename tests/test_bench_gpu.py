@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,6 +89,67 @@ def test_builder_refuses_a_setup_py_that_does_not_build_oflex(bench, tmp_path):
     official = fake_checkout(tmp_path / "official", modes='["core"]')
     with pytest.raises(SystemExit, match=r"MODES = \['core'\] lacks 'oflex'"):
         builder.main(["--official", str(official), "--build-dir", str(tmp_path / "b"), "--dry-run"])
+
+
+def test_builder_force_includes_the_cub3_header_keeping_the_users_nvcc_flags(
+    bench, tmp_path, monkeypatch
+):
+    # nvcc 13 (CUB 3.0) stops on the official reverse_scan.cuh's cub::CTA_SYNC and cub::LaneId;
+    # the header of ours that defines them goes to nvcc through NVCC_APPEND_FLAGS.
+    _, _, builder = bench
+    header = builder.CUB3_COMPAT
+    text = header.read_text()
+    assert header.parent == BENCHMARKS and "#if CUB_VERSION >= 300000" in text
+    assert "void CTA_SYNC()" in text and "unsigned int LaneId()" in text
+    official = fake_checkout(tmp_path / "official")
+    monkeypatch.delenv("NVCC_APPEND_FLAGS", raising=False)
+    plan = builder.make_plan(official, tmp_path / "build", "9.0")
+    assert plan.env["NVCC_APPEND_FLAGS"] == f"-include {header}"
+    monkeypatch.setenv("NVCC_APPEND_FLAGS", "-lineinfo")
+    plan = builder.make_plan(official, tmp_path / "build", "9.0")
+    assert plan.env["NVCC_APPEND_FLAGS"] == f"-lineinfo -include {header}"
+
+
+def run_builder(builder, tmp_path, monkeypatch, setup_body: str) -> tuple[int, dict]:
+    """Run build_official_kernels.main() as if on a GPU, on a checkout whose setup.py runs
+    `setup_body`; (exit code, the status file's contents)."""
+    official = fake_checkout(tmp_path / "official")
+    setup = official / "kernels" / "selective_scan" / "setup.py"
+    setup.write_text(setup.read_text() + setup_body)
+    monkeypatch.setattr(builder, "detected_arch", lambda: "9.0")
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / builder.STATUS_FILE).write_text('{"ok": true}')  # a stale one, from an earlier build
+    code = builder.main(["--official", str(official), "--build-dir", str(build)])
+    return code, json.loads((build / builder.STATUS_FILE).read_text())
+
+
+def test_a_failing_build_writes_a_status_that_says_why(bench, tmp_path, monkeypatch):
+    _, _, builder = bench
+    code, status = run_builder(builder, tmp_path, monkeypatch, "raise SystemExit(3)\n")
+    assert code == 1 and status["ok"] is False and status["module"] is None
+    assert status["reason"].startswith("build FAILED after") and "(exit 3)" in status["reason"]
+
+
+def test_a_build_without_a_module_writes_a_failed_status(bench, tmp_path, monkeypatch):
+    _, _, builder = bench
+    code, status = run_builder(builder, tmp_path, monkeypatch, "")
+    assert code == 1 and status["ok"] is False
+    assert status["reason"].startswith("expected one selective_scan_cuda_oflex module")
+
+
+def test_a_successful_build_writes_its_module_and_time(bench, tmp_path, monkeypatch):
+    _, _, builder = bench
+    monkeypatch.setattr(builder, "check_import", lambda lib: None)  # the file below is no module
+    body = (
+        "import sys, pathlib\n"
+        "lib = pathlib.Path(sys.argv[sys.argv.index('--build-lib') + 1])\n"
+        "lib.mkdir(parents=True)\n"
+        "(lib / 'selective_scan_cuda_oflex.cpython-311-x86_64-linux-gnu.so').write_text('')\n"
+    )
+    code, status = run_builder(builder, tmp_path, monkeypatch, body)
+    assert code == 0 and status["ok"] is True and status["seconds"] > 0
+    assert status["module"].startswith(str((tmp_path / "build" / "lib").resolve()))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -173,6 +235,40 @@ def test_plan_runs_vmamba_t_first_and_the_official_code_first_within_each_stage(
     rows = sum(len(bench_gpu.expected_rows(j, bench_gpu.FULL, "")) for j in bench_gpu.plan(bench_gpu.FULL))
     # tiny: 3 VMamba variants + 2 timm peers, 2 modes, 3 precisions; small and base: 3 variants
     assert rows == (3 + 2) * 2 * 3 + 2 * 3 * 2 * 3
+
+
+def test_while_the_official_build_runs_its_rows_come_last_in_each_stage(bench):
+    bench_gpu, _, _ = bench
+    jobs = [(j.impl, j.size) for j in bench_gpu.plan(bench_gpu.FULL, build_pending=True)]
+    assert jobs[:4] == [(impl, "tiny") for impl in ("official+ours", "ours", "timm", "official")]
+    assert jobs[4:7] == [("official+ours", "small"), ("ours", "small"), ("official", "small")]
+    assert sorted(jobs) == sorted((j.impl, j.size) for j in bench_gpu.plan(bench_gpu.FULL))
+
+
+def test_waiting_for_the_build_reads_its_status_or_gives_up_at_the_deadline(bench, tmp_path):
+    bench_gpu, _, builder = bench
+    status = tmp_path / builder.STATUS_FILE
+    said = []
+
+    def finish(ok: bool, reason: str) -> None:
+        time.sleep(0.3)
+        builder.write_status(tmp_path, ok, reason, 61.5 if ok else None)
+
+    writer = threading.Thread(target=finish, args=(True, "built"))
+    writer.start()
+    assert bench_gpu.wait_for_build(tmp_path, time.time() + 60, said.append) == ""
+    writer.join()
+    assert said[0].strip().startswith("waiting for the official build")
+    assert said[1].startswith("official build: done in 62 s")
+    status.unlink()
+    builder.write_status(tmp_path, False, "build FAILED after 9 s (exit 1)")
+    why = bench_gpu.wait_for_build(tmp_path, None, said.append)
+    assert why == "skipped: the official build failed (build FAILED after 9 s (exit 1))"
+    status.unlink()
+    start = time.time()
+    why = bench_gpu.wait_for_build(tmp_path, start + 0.5, said.append)
+    assert why == "skipped: the official build had not ended within the time budget"
+    assert 0.5 <= time.time() - start < 5
 
 
 def test_the_table_gives_ratios_to_the_official_row_of_the_same_setting(bench):
@@ -271,3 +367,31 @@ def test_the_one_call_script_dry_run_writes_its_outputs(tmp_path):
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert missing.returncode == 2 and "OFFICIAL" in missing.stderr
+
+
+@pytest.mark.slow
+def test_the_one_call_script_measures_beside_a_build_that_fails_and_says_why(tmp_path):
+    # Not a dry run: the build starts in the background and the table goes on without waiting.
+    # This checkout's setup.py builds no "oflex", so the builder exits before writing its status;
+    # gpu_table.sh writes one for it, and the official rows say why they were skipped.
+    official = fake_checkout(tmp_path / "official", modes='["core"]')
+    (official / "classification" / "models").mkdir(parents=True)
+    (official / "classification" / "models" / "vmamba.py").write_text("")
+    out, build = tmp_path / "out", tmp_path / "b"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "BUILD_DIR": str(build)}
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_table.sh"), str(official), "--interpret", "--sizes", "mini",
+         "--impls", "official,ours"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
+    assert "lacks 'oflex'" in (out / "build.log").read_text()
+    rows = json.loads((out / "gpu_rows.json").read_text())["rows"]
+    assert [(r["impl"], r["status"]) for r in rows] == [
+        ("ours", "ok"),
+        ("official", "skipped: the official build failed (build_official_kernels.py exited with 1 "
+         "before its status (see build.log))"),
+    ]  # fmt: skip
+    assert "built on the host's CPU while the rows before the official ones ran" in (
+        out / "gpu_table.md"
+    ).read_text()
