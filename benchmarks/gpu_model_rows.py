@@ -240,6 +240,9 @@ def import_built_oflex(build_dir: Path) -> types.ModuleType:
         raise Skip(f"skipped: no built {OFFLEX} under --official-build {build_dir}")
     if len(found) > 1:
         raise RuntimeError(f"several {OFFLEX} modules under {build_dir}: {[str(p) for p in found]}")
+    # torch first: the module links against torch's libc10.so, which only torch's import loads
+    import torch  # noqa: F401
+
     sys.path.insert(0, str(found[0].parent))
     import selective_scan_cuda_oflex
 

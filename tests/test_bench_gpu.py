@@ -152,6 +152,37 @@ def test_a_successful_build_writes_its_module_and_time(bench, tmp_path, monkeypa
     assert status["module"].startswith(str((tmp_path / "build" / "lib").resolve()))
 
 
+def test_the_built_module_is_imported_after_torch(tmp_path):
+    # The compiled module links against torch's libc10.so, which the dynamic loader finds only
+    # once torch is loaded: imported first, it failed on the H200 with "libc10.so: cannot open
+    # shared object file". A fresh process (this one has torch loaded) records what was loaded
+    # when the module's import began; a finder stands in for the compiled file.
+    (tmp_path / "selective_scan_cuda_oflex.cpython-312-x86_64-linux-gnu.so").write_text("")
+    code = f"""
+import importlib.abc, importlib.machinery, sys, types
+from pathlib import Path
+sys.path.insert(0, {str(BENCHMARKS)!r})
+import gpu_model_rows
+
+class StandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path, target=None):
+        if name == "selective_scan_cuda_oflex":
+            print("torch loaded before the module:", "torch" in sys.modules)
+            return importlib.machinery.ModuleSpec(name, self)
+    def create_module(self, spec):
+        return types.ModuleType(spec.name)
+    def exec_module(self, module):
+        pass
+
+assert "torch" not in sys.modules
+sys.meta_path.insert(0, StandIn())
+gpu_model_rows.import_built_oflex(Path({str(tmp_path)!r}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "torch loaded before the module: True"
+
+
 # ------------------------------------------------------------------------------------------------
 # gpu_model_rows.py: one row's timing, on the CPU
 # ------------------------------------------------------------------------------------------------
