@@ -22,6 +22,10 @@ Everything is measured in one run on one device, with the settings printed first
    a plain PyTorch baseline (a log-step parallel scan on materialized (b, k*d, n, l) tensors).
 3. The scan's fraction of the bandwidth roofline: its minimum traffic (u, delta, B, C read once,
    y written once) divided by its time, over the measured bandwidth.
+3b. Once the official kernels are built: the scan kernels alone against them, at the same
+   shape and on the same inputs, through the binding both serve (`selective_scan_cuda_oflex`'s
+   `fwd` and `bwd`; ours is `vmamba_fast.compat.OflexModule`, in this process under no module
+   name): forward and backward times, float32 and bfloat16, and how far apart the outputs are.
 4. The model table (`gpu_model_rows.py`, one process per implementation and size, so that the
    two variants of the official code never share `sys.modules`): batch 128 at 224x224, 50
    warm-up and 30 timed iterations as the paper measures, each iteration between two
@@ -49,6 +53,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -279,6 +284,66 @@ def scan_inputs(shapes: Shapes, device: str, dtype):
     return u, delta, A, B, C, D, delta_bias
 
 
+def bench_scan_against_official(shapes: Shapes, device: str, run, official, ours=None) -> list[str]:
+    """Time the official compiled scan's `fwd` (with `out_float`, as the official model calls
+    it) and `bwd` against ours through the same binding, on the same inputs, in float32 and
+    bfloat16; print the times, the speed ratios and the largest differences. Returns the lines
+    for the notes under the table. `ours` defaults to `vmamba_fast.compat`'s oflex module on
+    the device's backend."""
+    import torch
+
+    from vmamba_fast.compat import OflexModule
+
+    if ours is None:
+        ours = OflexModule(rows_mod.OFFLEX, backend="triton" if device == "cuda" else None)
+    return [
+        scan_against_official(shapes, device, run, official, ours, dtype)
+        for dtype in (torch.float32, torch.bfloat16)
+    ]
+
+
+def scan_against_official(shapes: Shapes, device: str, run, official, ours, dtype) -> str:
+    """One dtype of `bench_scan_against_official`; its line for the notes."""
+    import torch
+
+    u, delta, A, B, C, D, delta_bias = scan_inputs(shapes, device, dtype)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    dout = torch.randn(u.shape, generator=g).to(device)  # (b, k*d, l) float32, as out is
+    weights = (A, B, C, D, delta_bias)
+
+    def fwd(module):
+        return module.fwd(u, delta, *weights, True, 1, True)  # [out, x]
+
+    def bwd(module, x):
+        return module.bwd(u, delta, *weights, dout, x, True, 1)  # [du, ddelta, dA, dB, dC, ...]
+
+    times, results = {}, {}
+    with torch.no_grad():
+        for name, module in (("official", official), ("ours", ours)):
+            out, x = fwd(module)
+            results[name] = [out, *bwd(module, x)[:5]]  # out, du, ddelta, dA, dB, dC
+            t_fwd = run(lambda m=module: fwd(m), 2, shapes.scan_iters)
+            t_bwd = run(lambda m=module, x=x: bwd(m, x), 2, shapes.scan_iters)
+            times[name] = (t_fwd, t_bwd)
+    apart = ", ".join(
+        f"{what} {float((a.float() - b.float()).abs().max() / b.float().abs().max()):.1e}"
+        for what, a, b in zip(
+            ("out", "du", "ddelta", "dA", "dB", "dC"), results["ours"], results["official"], strict=True
+        )
+    )
+    (of, ob), (tf, tb) = times["official"], times["ours"]
+    name = str(dtype).removeprefix("torch.")
+    b, kd, l = u.shape
+    print(f"\nscan kernels against the official compiled oflex, {name}, b={b} k*d={kd} l={l}")
+    print(f"  forward   official {of * 1e3:8.3f} ms   ours {tf * 1e3:8.3f} ms   ours at {of / tf:.2f}x its speed")
+    print(f"  backward  official {ob * 1e3:8.3f} ms   ours {tb * 1e3:8.3f} ms   ours at {ob / tb:.2f}x its speed")
+    print(f"  max |ours - official| / max |official|: {apart}")
+    return (
+        f"scan kernels alone, {name}, at the shape above: ours at {of / tf:.2f}x the official "
+        f"compiled kernel's speed forward, {ob / tb:.2f}x backward"
+    )
+
+
 def scan_bytes(u, B) -> int:
     """Minimum traffic of the forward scan: u, delta, B, C read once, y (float32) written once."""
     b, kd, l = u.shape
@@ -442,18 +507,30 @@ def run_job(
     return got
 
 
-def run_jobs(jobs: list[Job], args, shapes: Shapes, device: str, deadline) -> list[Row]:
-    """Every job's rows, in plan order. A GPU run starts the workers one after another; a dry
-    run, which times nothing, builds their models side by side and prints each job's output
+def run_jobs(
+    jobs: list[Job],
+    args,
+    shapes: Shapes,
+    device: str,
+    deadline,
+    before_official: Callable[[], None] = lambda: None,
+) -> list[Row]:
+    """Every job's rows, in plan order. A GPU run starts the workers one after another, and
+    calls `before_official` once, before the first official job, when its build is there; a
+    dry run, which times nothing, builds their models side by side and prints each job's output
     when it ends."""
     rows: list[Row] = []
     if not args.dry_run:
-        build_skip = None  # "" once the awaited build succeeded, else why its rows are skipped
+        build_skip = None  # "" once the build is there, else why the official rows are skipped
         for job in jobs:
-            if job.impl == "official" and args.wait_for_build and build_skip is None:
-                build_skip = wait_for_build(
-                    args.official_build, deadline, lambda line: print(line, flush=True)
-                )
+            if job.impl == "official" and build_skip is None:
+                build_skip = ""
+                if args.wait_for_build:
+                    build_skip = wait_for_build(
+                        args.official_build, deadline, lambda line: print(line, flush=True)
+                    )
+                if not build_skip and args.official_build is not None:
+                    before_official()
             if job.impl == "official" and build_skip:
                 rows += expected_rows(job, shapes, build_skip)
                 continue
@@ -627,14 +704,30 @@ def main(argv: list[str] | None = None) -> int:
         fractions = bench_scan(shapes, device, run, bandwidth)
         if device == "cuda":
             torch.cuda.empty_cache()
-    rows = run_jobs(jobs, args, shapes, device, deadline)
+    kernel_notes: list[str] = []
+
+    def kernels_against_official() -> None:
+        """The scan kernels against the official build (3b in the module docstring)."""
+        if deadline is not None and time.time() > deadline:
+            kernel_notes.append("scan kernels against the official ones: skipped (time budget)")
+            return
+        try:
+            official = rows_mod.import_built_oflex(args.official_build)
+            kernel_notes.extend(bench_scan_against_official(shapes, device, run, official))
+        except Exception as err:  # the model rows still run; the notes say what happened
+            traceback.print_exc()
+            kernel_notes.append(f"scan kernels against the official ones: failed ({err!r:.200})")
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+    rows = run_jobs(jobs, args, shapes, device, deadline, kernels_against_official)
     failed = [r for r in rows if r.status.startswith("failed")]
     if args.dry_run:
         print()
         failed += compare_parameters(rows)
         lines = [f"dry run: {len(rows)} rows planned, nothing timed"]
     else:
-        lines = table(rows) + [""] + notes(rows, fractions)
+        lines = table(rows) + [""] + notes(rows, fractions) + kernel_notes
         print("\n" + "\n".join(lines))
     measured = sum(r.status == "ok" for r in rows)
     print(

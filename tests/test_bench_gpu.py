@@ -6,6 +6,7 @@ fixtures `official_checkout` and `official_stand_ins` (tests/conftest.py); the t
 a checkout skip without one.
 """
 
+import argparse
 import importlib
 import json
 import os
@@ -302,6 +303,45 @@ def test_waiting_for_the_build_reads_its_status_or_gives_up_at_the_deadline(benc
     assert 0.5 <= time.time() - start < 5
 
 
+def test_the_kernel_comparison_runs_once_before_the_first_official_job(bench, tmp_path, monkeypatch):
+    bench_gpu, _, builder = bench
+    calls = []
+    monkeypatch.setattr(bench_gpu, "run_job", lambda job, *_: calls.append((job.impl, job.size)) or [])
+    args = argparse.Namespace(dry_run=False, wait_for_build=True, official_build=tmp_path, official=None)
+    builder.write_status(tmp_path, True, "built", 55.0)
+    jobs = bench_gpu.plan(bench_gpu.FULL, build_pending=True)
+    bench_gpu.run_jobs(jobs, args, bench_gpu.FULL, "cuda", None, lambda: calls.append("kernels"))
+    first = calls.index(("official", "tiny"))
+    assert calls.count("kernels") == 1 and calls[first - 1] == "kernels"
+    calls.clear()  # a failed build: no comparison, and no official job starts
+    builder.write_status(tmp_path, False, "build FAILED after 9 s (exit 1)")
+    rows = bench_gpu.run_jobs(jobs, args, bench_gpu.FULL, "cuda", None, lambda: calls.append("kernels"))
+    assert "kernels" not in calls and all(impl != "official" for impl, _ in calls)
+    assert {r.status for r in rows if r.impl == "official"} == {
+        "skipped: the official build failed (build FAILED after 9 s (exit 1))"
+    }
+
+
+def test_the_scan_kernels_against_a_stand_in_for_the_official_module(bench, capsys):
+    # On the GPU the official module is the compiled oflex; here the reference loop stands in
+    # for it behind the same binding, and ours runs the CPU kernels.
+    bench_gpu, _, _ = bench
+    from vmamba_fast.compat import OflexModule
+
+    stand_in = OflexModule("selective_scan_cuda_oflex", backend="ref")
+    shapes = bench_gpu.INTERPRET
+    lines = bench_gpu.bench_scan_against_official(shapes, "cpu", bench_gpu.timer("cpu"), stand_in)
+    assert [line.split(",")[1] for line in lines] == [" float32", " bfloat16"]
+    assert all("x the official compiled kernel's speed forward" in line for line in lines)
+    out = capsys.readouterr().out
+    apart = [line.split(": ", 1)[1] for line in out.splitlines() if "max |ours - official|" in line]
+    assert len(apart) == 2
+    for part in apart:
+        values = dict(item.split() for item in part.split(", "))
+        assert list(values) == ["out", "du", "ddelta", "dA", "dB", "dC"]
+        assert all(float(v) < 2e-2 for v in values.values()), part  # bfloat16 gradients round
+
+
 def test_the_table_gives_ratios_to_the_official_row_of_the_same_setting(bench):
     bench_gpu, rows, _ = bench
     Row = rows.Row
@@ -426,3 +466,24 @@ def test_the_one_call_script_measures_beside_a_build_that_fails_and_says_why(tmp
     assert "built on the host's CPU while the rows before the official ones ran" in (
         out / "gpu_table.md"
     ).read_text()
+
+
+@pytest.mark.slow
+def test_a_built_module_that_does_not_load_is_a_note_and_the_rows_go_on(tmp_path):
+    # bench_gpu.py end to end in the interpreter: the build says it succeeded, but its module
+    # is no module; the kernel comparison's failure lands in the notes, and the run goes on.
+    build = tmp_path / "b"
+    build.mkdir()
+    (build / "selective_scan_cuda_oflex.cpython-311-x86_64-linux-gnu.so").write_text("")
+    (build / "status.json").write_text('{"ok": true, "reason": "built", "seconds": 1.0, "module": null}')
+    table = tmp_path / "table.md"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_gpu.py"), "--interpret", "--sizes", "mini",
+         "--impls", "ours,official", "--official-build", str(build), "--wait-for-build",
+         "--table", str(table)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    text = table.read_text()
+    assert "scan kernels against the official ones: failed (ImportError(" in text
+    assert "| VMamba-mini | ours, backend=triton | fp32 | inference |" in text
