@@ -39,8 +39,8 @@ Rows run most-wanted first (VMamba-T in every setting, then S and B inference, t
 training steps); with `--budget-s`, a row that would end after the budget is skipped and says
 so. With `--wait-for-build` the official kernels are still being built beside this run
 (`gpu_table.sh`): each stage's official rows then run after the stage's other rows, once
-`build_official_kernels.py` has written its `status.json`, and the settings say so. The paper reports 1,686 images/s for VMamba-T on one A100; the target on one H100 or H200 is
-2,500.
+`build_official_kernels.py` has written its `status.json`, and the settings say so. The paper
+reports 1,686 images/s for VMamba-T on one A100; the target on one H100 or H200 is 2,500.
 """
 
 from __future__ import annotations
