@@ -142,6 +142,14 @@ training rows of VMamba-S/B on the torch backend), so that the whole table fits 
 minutes."""
 
 
+def timed_call(call: Callable[[], None]) -> tuple[float, int]:
+    """Seconds and minor page faults of one call."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
 def measure(calls: dict[str, Callable[[], None]], rounds: int) -> dict[str, tuple[float, float]]:
     """Median seconds and minor page faults per call, the calls interleaved round-robin after one
     untimed warm-up call each (which compiles a compiled row); a call slower than SLOW_S in the
@@ -154,11 +162,9 @@ def measure(calls: dict[str, Callable[[], None]], rounds: int) -> dict[str, tupl
         for name, call in calls.items():
             if round_ > 0 and times[name][0] > SLOW_S:
                 continue
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+            seconds, faulted = timed_call(call)
+            times[name].append(seconds)
+            faults[name].append(faulted)
     return {name: (statistics.median(times[name]), statistics.median(faults[name])) for name in calls}
 
 
@@ -243,11 +249,9 @@ def isolated_worker(name: str, batch: int, size: int, calls: int, quick: bool) -
         call()
     seconds, faults = [], []
     for _ in range(calls):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        start = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - start)
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        took, faulted = timed_call(call)
+        seconds.append(took)
+        faults.append(faulted)
     print(json.dumps({"seconds": seconds, "faults": faults}))
 
 

@@ -55,6 +55,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpu_model_rows import first_line
+
 SETUP = Path("kernels") / "selective_scan" / "setup.py"  # inside the official checkout
 MODE = "oflex"
 MODULE = "selective_scan_cuda_oflex"
@@ -269,15 +271,11 @@ def main(argv: list[str] | None = None) -> int:
             raise BuildFailed(str(err)) from err
     except BuildFailed as failed:
         print(failed)
-        write_status(args.build_dir, False, first_line(str(failed)))
+        write_status(args.build_dir, False, first_line(failed))
         return 1
     print(f"{MODULE} imports from {module.parent}")
     write_status(args.build_dir, True, "built", seconds, module)
     return 0
-
-
-def first_line(text: str) -> str:
-    return (text.splitlines() or [""])[0][:300]
 
 
 if __name__ == "__main__":
