@@ -256,8 +256,10 @@ class VMamba(nn.Module):
         return x
 
     def run_first_stage(self, x: torch.Tensor) -> torch.Tensor:
-        """Stem, then the first stage (with its downsampling) on a chunk of images."""
-        return self.layers[0].run_chunk(self.patch_embed(x))  # (b, in_chans, H, W) -> (b, c1, H/8, W/8)
+        """Stem, then the first stage (with its downsampling) on a chunk of images. The stage is
+        called as a module, not through `run_chunk`, so its hooks fire (the FLOP counter's
+        per-module report, a user's forward hook); its own `in_chunks` sees one chunk."""
+        return self.layers[0](self.patch_embed(x))  # (b, in_chans, H, W) -> (b, c1, H/8, W/8)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Classifier: LayerNorm, average pool, linear. (b, c3, h, w) -> (b, num_classes), or the
