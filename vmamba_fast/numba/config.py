@@ -17,6 +17,8 @@ Why each flag (the kernels' timings with them: `docs/kernels.md`, section "On a 
   run. The cache is keyed on each kernel's own source file, so after editing a helper in another
   file, delete `vmamba_fast/numba/__pycache__`.
 - `parallel=True` only on the launchers, whose one `prange` runs over (batch, channel block).
+- `wide_simd()`, called first in every function whose loops run along memory: 512-bit vectors
+  on every CPU with AVX-512, not only on those whose LLVM tuning already prefers them (below).
 
 Threading layers (docs/kernels.md, "Threading layer"): the launchers run on whichever layer
 Numba resolves, and the library never chooses one. Two of them kill the process in common
@@ -50,6 +52,8 @@ from dataclasses import dataclass, replace
 
 import numba
 import torch
+from numba import types
+from numba.extending import intrinsic, overload
 
 FASTMATH = frozenset({"contract", "reassoc", "afn", "arcp", "nsz"})
 
@@ -94,6 +98,51 @@ JIT = CONFIG.jit()  # helpers and tile routines
 PARALLEL_JIT = CONFIG.jit(parallel=True)  # launchers with a prange
 
 _active = [CONFIG]
+
+
+def wide_simd() -> None:
+    """Vectorize the calling Numba function's loops with the widest registers the CPU has.
+
+    LLVM's tuning for Intel's AVX-512 CPUs (Skylake-SP to Emerald Rapids) prefers 256-bit
+    vectors, against the clock drop that 512-bit code caused on the first of them; AMD's Zen 4
+    gets 512 bits already. So on those Intel CPUs every Numba loop ran on half the lanes the
+    CPU has. Called first in a function whose loops run along memory, this sets
+    `"prefer-vector-width"="512"` on that function alone (`_prefer_512_bit_vectors`):
+
+    - a CPU without AVX-512 keeps the widest vectors it has: the attribute is a preference;
+    - nothing else in the process changes. Numba's own switch (the environment variable
+      `NUMBA_CPU_FEATURES=-prefer-256-bit`) would retune every function of every library, and
+      the library never changes process-wide settings.
+
+    It marks only the function that calls it, since Numba compiles and vectorizes each
+    function on its own before inlining it: a launcher's attribute would not reach its tile
+    routines. Measured on a 2-vCPU Emerald Rapids host, both variants in one process, calls
+    interleaved: the discretization 1.42-1.49x faster per element while its tile stays in L1
+    and L2 (up to 1,024 steps), no faster at 3,136 steps, where it waits on the caches; the
+    fused core 1.03-1.16x forward and 1.05-1.11x backward per call at VMamba-T's four stages
+    (batch 8); the VMamba-T forward 1.02-1.03x at batch 8 and 1.03x at batch 1, with bitwise
+    the same logits. In plain Python (`NUMBA_DISABLE_JIT=1`) it does nothing.
+    """
+
+
+@intrinsic
+def _prefer_512_bit_vectors(typingctx):
+    """Set `"prefer-vector-width"="512"` on the LLVM function being compiled (`wide_simd`).
+
+    llvmlite's attribute set accepts only LLVM's enumerated attributes by name, and this one is
+    a string attribute, which LLVM's IR writes the same way in the function's attribute list:
+    it is added to the set as such, past that check."""
+
+    def codegen(context, builder, signature, args):
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@overload(wide_simd, inline="always")  # inlined, so that the intrinsic marks the caller
+def _wide_simd_impl():
+    return lambda: _prefer_512_bit_vectors()
 
 
 def active() -> NumbaConfig:

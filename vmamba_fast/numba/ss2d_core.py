@@ -68,7 +68,14 @@ import torch
 from numba import njit, prange
 
 from vmamba_fast import ops
-from vmamba_fast.numba.config import JIT, PARALLEL_JIT, active, launch, threads_for
+from vmamba_fast.numba.config import (
+    JIT,
+    PARALLEL_JIT,
+    active,
+    launch,
+    threads_for,
+    wide_simd,
+)
 from vmamba_fast.numba.memory import (
     ROW_PAD,
     as_kernel_array,
@@ -108,6 +115,7 @@ def load_band(src, r0, h, w, w0, tw, dst):
     """Column-major copy of a band of tw grid columns starting at column w0:
     dst[j, col*h + i] = src[r0 + j, i*w + w0 + col] for every row j of dst, i < h, col < tw.
     src (rows, h*w) grid rows in row-major order; dst (rows', T) scratch, T >= tw*h."""
+    wide_simd()
     for j in range(dst.shape[0]):
         s = src[r0 + j]
         o = dst[j]
@@ -122,6 +130,7 @@ def load_band(src, r0, h, w, w0, tw, dst):
 def store_band(src, dst, r0, h, w, w0, tw, accumulate):
     """The inverse of `load_band`: dst[r0 + j, i*w + w0 + col] = (or +=) src[j, col*h + i] for every
     row j of src (rows', T)."""
+    wide_simd()
     for j in range(src.shape[0]):
         s = src[j]
         o = dst[r0 + j]
@@ -150,6 +159,7 @@ def load_channels(src, c0, span, dst):
     channel-major into its scratch. src is either layout the network stores: channel-first
     (each channel a contiguous row: row copies) or channels_last (a position's channels
     contiguous: a transpose, one position's run of channels read at a time)."""
+    wide_simd()
     l = src.shape[1]
     if src.strides[1] == src.itemsize:  # channel-first
         for j in range(span):
@@ -169,6 +179,7 @@ def load_channels(src, c0, span, dst):
 def store_channels(src, span, dst, c0):
     """The inverse of `load_channels`: dst[c0 + j, :] = src[j, :l] for j < span, dst in either
     layout."""
+    wide_simd()
     l = dst.shape[1]
     if dst.strides[1] == dst.itemsize:  # channel-first
         for j in range(span):

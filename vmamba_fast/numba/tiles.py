@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from vmamba_fast.numba.config import JIT, active
+from vmamba_fast.numba.config import JIT, active, wide_simd
 from vmamba_fast.numba.memory import ROW_PAD, stream_row, take, take3
 from vmamba_fast.numba.numerics import (
     exp_,
@@ -161,6 +161,7 @@ def wide_(x):
 @njit(**JIT)
 def load_rows(src, r0, t0, t1, dst):
     """dst[j, :t1-t0] = src[r0 + j, t0:t1] for every row j of dst. src (rows, l); dst (rows', T)."""
+    wide_simd()
     for j in range(dst.shape[0]):
         s = src[r0 + j, t0:t1]
         o = dst[j]
@@ -171,6 +172,7 @@ def load_rows(src, r0, t0, t1, dst):
 @njit(**JIT)
 def store_rows(src, dst, r0, t0, t1, accumulate):
     """dst[r0 + j, t0:t1] = src[j, :t1-t0] (or +=) for every row j of src (rows', T)."""
+    wide_simd()
     for j in range(src.shape[0]):
         s = src[j]
         o = dst[r0 + j, t0:t1]
@@ -205,6 +207,7 @@ def discretize(u, ur, uc, x, xr, xc, B, Br, Bc, A, bias, softplus, tl, dtb, dAb,
     of dt, from the same exponential. At most two stores per loop: more would need runtime
     alias checks before LLVM vectorizes.
     """
+    wide_simd()
     cb = dtb.shape[0]
     n = A.shape[1]
     for j in range(cb):
@@ -422,6 +425,7 @@ def readout_row(u, ur, uc, C, Cr, Cc, states, D, has_D, tl, j, out, accumulate):
     """Channel j of phase 3, equation (3): out[:tl] = y_t = sum_n C_tn h_tn + D u_t (or +=),
     SIMD along the tile. Rows u[ur + j, uc:uc+tl] and C[Cr + m, Cc:Cc+tl] as in `discretize`;
     states (cb*n, T) the states h_t from `recurrence(after=True)`; D (cb,)."""
+    wide_simd()
     n = states.shape[0] // D.shape[0]
     uj = u[ur + j, uc : uc + tl]
     Cm = C[Cr, Cc : Cc + tl]
@@ -567,6 +571,7 @@ def gradients(
     ddelta) and dBb, dCb (n, T); adds into dA_acc (cb, n), dD_acc and dbias_acc (cb,), float64
     arrays: the sums over time run in float64 (`wide_`), so that their error does not grow with l.
     """
+    wide_simd()
     ub, xb, dyb, Bb, Cb = inputs
     G, gu, gdt, dBb, dCb = temps
     cb = dtb.shape[0]
@@ -659,6 +664,7 @@ def tile_bwd(
     discretization and states the sweep kept. q (cb*n,): the adjoint carry, updated to the
     tile's start. Writes gu, gdt, dBb, dCb (temps); adds into the parameter accumulators (see
     `gradients`). grid_w as in `sweep_tile`."""
+    wide_simd()
     ub, xb, dyb, Bb, Cb = inputs
     G, gu, gdt, dBb, dCb = temps
     dts, sgs, dAs, dBus, prev_states = kept
