@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from numba import njit, prange
 
 import vmamba_fast
-from vmamba_fast.numba.config import JIT, PARALLEL_JIT
+from vmamba_fast.numba.config import JIT, PARALLEL_JIT, wide_simd
 from vmamba_fast.numba.numerics import exp_
 from vmamba_ref.selective_scan import selective_scan as ref_selective_scan
 
@@ -117,8 +117,10 @@ def _triad(a, b, c, s):
 
 @njit(**PARALLEL_JIT)
 def _exp_rate_kernel(x, out, reps):
-    """Each thread evaluates exp over its own L2-resident row `reps` times: x, out (threads, m)."""
+    """Each thread evaluates exp over its own L2-resident row `reps` times: x, out (threads, m).
+    With the kernels' vector width (`wide_simd`), so that the rate is the one they get."""
     for p in prange(x.shape[0]):
+        wide_simd()  # in the loop body: Numba compiles a prange's body as a function of its own
         xp = x[p]
         op = out[p]
         for _ in range(reps):
@@ -128,6 +130,7 @@ def _exp_rate_kernel(x, out, reps):
 
 @njit(**JIT)
 def _exp_rate_serial(x, out, reps):
+    wide_simd()
     for _ in range(reps):
         for i in range(x.shape[0]):
             out[i] = exp_(x[i])
