@@ -97,8 +97,6 @@ CONFIG = NumbaConfig()
 JIT = CONFIG.jit()  # helpers and tile routines
 PARALLEL_JIT = CONFIG.jit(parallel=True)  # launchers with a prange
 
-_active = [CONFIG]
-
 
 def wide_simd() -> None:
     """Vectorize the calling Numba function's loops with the widest registers the CPU has.
@@ -143,6 +141,9 @@ def _prefer_512_bit_vectors(typingctx):
 @overload(wide_simd, inline="always")  # inlined, so that the intrinsic marks the caller
 def _wide_simd_impl():
     return lambda: _prefer_512_bit_vectors()
+
+
+_active = [CONFIG]
 
 
 def active() -> NumbaConfig:
