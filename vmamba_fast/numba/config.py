@@ -115,7 +115,7 @@ def wide_simd() -> None:
     It marks only the function that calls it, since Numba compiles and vectorizes each
     function on its own before inlining it: a launcher's attribute would not reach its tile
     routines. Measured on a 2-vCPU Emerald Rapids host, both variants in one process, calls
-    interleaved: the discretization 1.42-1.49x faster per element while its tile stays in L1
+    interleaved: the discretization 1.40-1.49x faster per element while its tile stays in L1
     and L2 (up to 1,024 steps), no faster at 3,136 steps, where it waits on the caches; the
     fused core 1.03-1.16x forward and 1.05-1.11x backward per call at VMamba-T's four stages
     (batch 8); the VMamba-T forward 1.02-1.03x at batch 8 and 1.03x at batch 1, with bitwise
