@@ -170,6 +170,112 @@ def test_extreme_step_sizes(value):
         assert_matches_reference(ss2d_core, inputs, op="ss2d_core", check_grad=True)
 
 
+def channels_innermost(t: torch.Tensor) -> torch.Tensor:
+    """delta (b, k, d, h, w) with the same values, stored (b, k, h, w, d): the layout the network
+    makes for inference on the CPU, which takes the forward through the channels-in-lanes
+    kernel (`channels_last_steps`). A leaf again when t was one."""
+    out = t.detach().permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)  # (b, k, d, h, w)
+    return out.requires_grad_(t.requires_grad)
+
+
+@settings(max_examples=30)
+@given(
+    inputs=ss2d_core_inputs(dtypes=(torch.float32, torch.float64), requires_grad=True, **BOUNDS),
+)
+@example(
+    inputs=SS2DCoreCase(
+        batch=2, channels=37, height=3, width=7, state=1, requires_grad=True
+    ).build(),
+)  # VMamba-T/S/B's case (n = 1, softplus, A <= 0, D): the one-pass step; 37 = 2 * 16 + 5 lanes
+@example(
+    inputs=SS2DCoreCase(
+        batch=1, channels=3, height=12, width=1, state=16, dtype=torch.float64, init="random",
+        with_D=False, with_delta_bias=False, delta_softplus=False, requires_grad=True,
+        noncontiguous=("x", "C"),
+    ).build(),
+)  # fmt: skip
+def test_channels_innermost_steps_match_reference(inputs):
+    """With delta stored channels innermost, the forward runs `_ss2d_core_fwd_positions_kernel`
+    (the backward copies delta to the other kernel's layout): the reference's y and gradients."""
+    inputs["delta"] = channels_innermost(inputs["delta"])
+    _, d, h, w = inputs["x"].shape
+    assert core_module.channels_last_steps(inputs["delta"]) == (d > 1 and h * w > 1)  # else both layouts
+    assert_matches_reference(ss2d_core, inputs, op="ss2d_core", check_grad=True)
+
+
+@settings(max_examples=10)
+@given(
+    inputs=ss2d_core_inputs(
+        dtypes=(torch.float16, torch.bfloat16), max_channels=20, max_side=9, max_state=4
+    ),
+)
+def test_channels_innermost_steps_in_low_precision_match_reference(inputs):
+    inputs["delta"] = channels_innermost(inputs["delta"])
+    assert_matches_reference(ss2d_core, inputs, op="ss2d_core")
+
+
+def test_channels_innermost_steps_take_the_positions_kernel(monkeypatch):
+    calls = []
+    kernel = core_module._fwd_positions
+    monkeypatch.setattr(core_module, "_fwd_positions", lambda *a: calls.append(a) or kernel(*a))
+    args = _core_args(d=20)
+    ss2d_core(**args)
+    assert calls == []
+    ss2d_core(**{**args, "delta": channels_innermost(args["delta"])})
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, init", [(1, "mamba"), (3, "mamba"), (1, "random")])
+def test_position_chunks_change_no_bit(n, init, dtype):
+    """The channels-in-lanes forward splits the channels among work items by the thread count
+    (`position_chunk`); every channel's numbers come from the same operations in any chunk, in
+    a full vector or in the loop's remainder, so y is bitwise the same for any split: 16, 32
+    and 48 lanes and all 37 channels. n = 1 with Mamba's init (A < 0) takes the one-pass step, the
+    others the general one."""
+    args = SS2DCoreCase(batch=2, channels=37, height=5, width=6, state=n, dtype=dtype, init=init).build()
+    args["x"] = args["x"].contiguous(memory_format=torch.channels_last)
+    args["delta"] = channels_innermost(args["delta"])
+    ordered = [args[k] for k in ("x", "delta", "A", "B", "C", "D", "delta_bias", "delta_softplus")]
+    ys = [core_module._fwd_positions(*ordered, cw) for cw in (16, 32, 48, 37)]
+    for y in ys[1:]:
+        assert torch.equal(y, ys[0])
+    tol = tolerance(dtype, backend="numba")
+    torch.testing.assert_close(ys[0], ref_ss2d_core(**args), rtol=tol.rtol, atol=tol.atol)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "channel-first"])
+def test_channels_innermost_steps_keep_ys_layout(layout):
+    """y is laid out as x (`ops.ss2d_core_output`) whichever kernel runs: the channels-in-lanes
+    kernel writes a channels_last y in place and copies into a contiguous one."""
+    args = _core_args(d=20)
+    if layout == "channels_last":
+        args["x"] = args["x"].contiguous(memory_format=torch.channels_last)
+    y = ss2d_core(**{**args, "delta": channels_innermost(args["delta"])})
+    assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    tol = tolerance(torch.float32, backend="numba")
+    torch.testing.assert_close(y, ref_ss2d_core(**args), rtol=tol.rtol, atol=tol.atol)
+
+
+@pytest.mark.parametrize("name", ["x", "delta", "B", "C"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_channels_innermost_steps_put_nan_and_inf_where_the_reference_does(name, value):
+    """One NaN or infinity in the middle of an input reaches y exactly where the reference puts
+    NaN, +inf and -inf, in the one-pass step (n = 1) and the general one (n = 2)."""
+    for n in (1, 2):
+        args = _core_args(d=20, n=n, dtype=torch.float64)
+        poisoned = args[name].clone()
+        poisoned[(0, 1) if name != "x" else (0,)][(..., 2, 3)] = value
+        args[name] = poisoned
+        got = ss2d_core(**{**args, "delta": channels_innermost(args["delta"])})
+        expected = ref_ss2d_core(**args)
+        for mask in (torch.isnan, torch.isposinf, torch.isneginf):
+            assert torch.equal(mask(got), mask(expected)), (name, value, n, mask.__name__)
+        finite = torch.isfinite(expected)
+        tol = tolerance(torch.float64, backend="numba")
+        torch.testing.assert_close(got[finite], expected[finite], rtol=tol.rtol, atol=tol.atol)
+
+
 def _bad_inputs():
     good = _core_args(b=1, d=2, h=3, w=4, n=2)
     yield "x 3-D", {**good, "x": good["x"][0]}

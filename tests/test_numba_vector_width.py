@@ -41,6 +41,8 @@ LOOPS_ALONG_MEMORY = [
     ss2d_core.store_band,
     ss2d_core.load_channels,
     ss2d_core.store_channels,
+    ss2d_core._position_route,
+    ss2d_core._position_route_1,
 ]
 
 

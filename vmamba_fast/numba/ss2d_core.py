@@ -62,6 +62,8 @@ variants, which do not exist for the CPU.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numba
 import numpy as np
 import torch
@@ -84,7 +86,7 @@ from vmamba_fast.numba.memory import (
     reaches_cpu_kernel,
     take,
 )
-from vmamba_fast.numba.numerics import zero_of
+from vmamba_fast.numba.numerics import exp_, exp_nonpositive_, softplus_, zero_of
 from vmamba_fast.numba.tiles import (
     bwd_scratch,
     channel_block,
@@ -328,6 +330,155 @@ def _ss2d_core_fwd_kernel(
         store_channels(ym, span, y[bi], c0)
 
 
+# ------------------------------------------------------------------------------------------------
+# The forward with the channels along the vector: for maps and step sizes stored channels_last.
+# ------------------------------------------------------------------------------------------------
+
+
+@njit(inline="always", **JIT)
+def _position_step(u, dl, yo, Bs, Cs, p, At, Db, bb, st, dtb, softplus, has_D, nonpositive, first):
+    """One step of a route at grid position p for an item's cw channels, SIMD across them.
+
+    u, dl, yo (cw,): x, delta and y at p (rows of channels_last maps); Bs, Cs (n, l): the
+    route's projections; At (n, cw): A of the item's channels, transposed; Db, bb (cw,): D and
+    the delta bias; st (n, cw): the carried states, advanced one step; dtb (cw,): scratch for
+    dt. y at p gets the route's readout: written by route 0 (`first`), added by routes 1-3.
+    `nonpositive`: every dt * A is <= 0 (softplus with A <= 0), so the cheaper exp applies.
+    Inlined into the route loop, so that the row views cost no call.
+    """
+    cw = u.shape[0]
+    n = At.shape[0]
+    for j in range(cw):  # (1a) dt = softplus(delta + bias)
+        z = dl[j] + bb[j]
+        dtb[j] = softplus_(z) if softplus else z
+    for j in range(cw):  # y starts from the skip term
+        if first:
+            yo[j] = Db[j] * u[j] if has_D else zero_of(Db)
+        elif has_D:
+            yo[j] += Db[j] * u[j]
+    for m in range(n):  # (1b, 2, 3) per state: discretize, advance, read out
+        a, s, b, c = At[m], st[m], Bs[m, p], Cs[m, p]
+        if nonpositive:
+            for j in range(cw):
+                s[j] = exp_nonpositive_(dtb[j] * a[j]) * s[j] + dtb[j] * u[j] * b
+                yo[j] += c * s[j]
+        else:
+            for j in range(cw):
+                s[j] = exp_(dtb[j] * a[j]) * s[j] + dtb[j] * u[j] * b
+                yo[j] += c * s[j]
+
+
+@njit(inline="always", **JIT)
+def _position_step_1(u, dl, yo, b, c, a, Db, bb, s, first):
+    """`_position_step` for VMamba-T/S/B's case, n = 1 with softplus, A <= 0 and D, in one pass:
+    b, c the scalars B and C at the position; a (cw,) A of the chunk; s (cw,) the states."""
+    if first:
+        for j in range(u.shape[0]):
+            dt = softplus_(dl[j] + bb[j])
+            s[j] = exp_nonpositive_(dt * a[j]) * s[j] + dt * u[j] * b
+            yo[j] = c * s[j] + Db[j] * u[j]
+    else:
+        for j in range(u.shape[0]):
+            dt = softplus_(dl[j] + bb[j])
+            s[j] = exp_nonpositive_(dt * a[j]) * s[j] + dt * u[j] * b
+            yo[j] += c * s[j] + Db[j] * u[j]
+
+
+@njit(**JIT)
+def _position_route_1(xs, ds, ys, Bs, Cs, a, Db, bb, s, c0, order, first):
+    """`_position_route` through `_position_step_1`: Bs, Cs (l,) the projections of the one
+    state; a, s (cw,). A function of its own: inlined beside the general step, the loop lost
+    its vectorization (measured 10x slower)."""
+    wide_simd()
+    c1 = c0 + s.shape[0]
+    s[:] = 0
+    for p in order:
+        u, dl, yo = xs[p, c0:c1], ds[p, c0:c1], ys[p, c0:c1]  # (cw,) each
+        _position_step_1(u, dl, yo, Bs[p], Cs[p], a, Db, bb, s, first)
+
+
+@njit(**JIT)
+def _position_route(xs, ds, ys, Bs, Cs, At, Db, bb, st, dtb, c0, order, first, softplus, has_D, nonpositive):
+    """One route for the channels c0 : c0 + cw of one image: a `_position_step` at every grid
+    position of `order` (l,), the route's positions in the order it visits them
+    (`vmamba_ref.contract.route_positions`). xs, ds, ys (l, d): x, the route's delta and y,
+    channels_last; Bs, Cs (n, l); At, st (n, cw); `first`: route 0, which writes y."""
+    wide_simd()
+    c1 = c0 + dtb.shape[0]
+    st[:] = 0
+    for p in order:
+        u, dl, yo = xs[p, c0:c1], ds[p, c0:c1], ys[p, c0:c1]  # (cw,) each
+        _position_step(u, dl, yo, Bs, Cs, p, At, Db, bb, st, dtb, softplus, has_D, nonpositive, first)
+
+
+@njit(**PARALLEL_JIT)
+def _ss2d_core_fwd_positions_kernel(
+    x, delta, A, B, C, D, bias, softplus, has_D, cw, order, work, states, y
+):
+    """Fused SS2D core forward for channels_last maps, SIMD across channels.
+
+    x, y (b, l, d) channels_last maps; delta (b, k, l, d) the step sizes stored the same way;
+    B, C (b, k, n, l); A (k*d, n); D, bias (k*d,); order (k, l) the grid positions of each
+    route in visiting order; work and states: the scratch of `positions_workspace(n, cw)`. The prange runs over (batch bi, a chunk of cw channels); each
+    item walks the four routes in order (route 0 writes y, routes 1-3 add), one position at a
+    time, the chunk's channels side by side in the vector lanes and every state in the
+    item's scratch. Every number of a channel is computed by the same operations whatever the
+    chunk, so y does not depend on cw (nor on the thread count).
+    """
+    b, l, d = x.shape
+    n = B.shape[2]
+    nch = (d + cw - 1) // cw
+    for item in prange(b * nch):
+        bi = item // nch
+        c0 = (item % nch) * cw
+        span = min(cw, d - c0)
+        ws = work[numba.get_thread_id()]  # (S,)
+        st = states[numba.get_thread_id()]  # (n + 1, cw + pad): the states, then dt
+        At, o = take(ws, 0, n, cw)  # (n, cw + pad): A transposed
+        vecs, o = take(ws, o, 2, cw)  # (2, cw + pad): D, bias
+        # Rows sliced one by one: a 2-D slice of columns would type as strided ("A" layout),
+        # and loops over its rows would not vectorize. Loops run over u's cw = span lanes.
+        dtb, Db, bb = st[n, :span], vecs[0, :span], vecs[1, :span]
+        for route in range(4):
+            p0 = route * d + c0
+            nonpositive = softplus
+            for j in range(span):
+                Db[j] = D[p0 + j]
+                bb[j] = bias[p0 + j]
+                for m in range(n):
+                    At[m, j] = A[p0 + j, m]
+                    nonpositive = nonpositive and A[p0 + j, m] <= zero_of(A)
+            if n == 1 and nonpositive and has_D:
+                _position_route_1(
+                    x[bi], delta[bi, route], y[bi], B[bi, route, 0], C[bi, route, 0],
+                    At[0, :span], Db, bb, st[0, :span], c0, order[route], route == 0,
+                )  # fmt: skip
+            else:
+                _position_route(
+                    x[bi], delta[bi, route], y[bi], B[bi, route], C[bi, route], At, Db, bb, st,
+                    dtb, c0, order[route], route == 0, softplus, has_D, nonpositive,
+                )  # fmt: skip
+
+
+def positions_workspace(n: int, cw: int, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Scratch of `_ss2d_core_fwd_positions_kernel` for every thread: A (n rows of cw), D and
+    the bias (one row each), then in an array of its own the states (n rows) and dt. Two
+    arrays, because LLVM does not vectorize a loop that writes one part of an array and reads
+    another at offsets it cannot compare (measured 10x slower with one)."""
+    threads, row = numba.config.NUMBA_NUM_THREADS, cw + ROW_PAD
+    params = torch.empty(threads, (n + 2) * row, dtype=dtype).numpy()
+    return params, torch.empty(threads, n + 1, row, dtype=dtype).numpy()
+
+
+def position_chunk(b: int, d: int) -> int:
+    """Channels per work item of the channels_last forward: all d when the batch alone gives
+    every thread an item, else d split among the threads, in multiples of 16 (one AVX-512
+    vector of float32). Long chunks amortize each step's fixed cost (measured per element at
+    VMamba-T stage 1, one thread: 2.5 ns at 16 channels, 1.5 at 96, 1.1 at 256)."""
+    chunks = max(1, -(-numba.get_num_threads() // b))  # items per image
+    return min(d, 16 * -(-d // (16 * chunks)))
+
+
 @njit(**PARALLEL_JIT)
 def _ss2d_core_bwd_kernel(
     x, delta, A, B, C, D, bias, dy, softplus, has_D, block, tile, groups, h, w, work,
@@ -543,6 +694,8 @@ def ss2d_core_fwd_cpu(x, delta, A, B, C, D, delta_bias, delta_softplus):
     b, d, h, w, n = _check(x, delta, A, B, C, D, delta_bias)
     dtype = compute_dtype(x.dtype)
     l = h * w
+    if channels_last_steps(delta):
+        return _fwd_positions(x, delta, A, B, C, D, delta_bias, delta_softplus, position_chunk(b, d))
     block, tile = channel_block(n), time_tile(l)
     bands = not whole_routes(h, w, tile)
     _, args = _kernel_args(x, delta, A, B, C, D, delta_bias, x_rows=map_rows(x, dtype), bands=bands)
@@ -556,6 +709,53 @@ def ss2d_core_fwd_cpu(x, delta, A, B, C, D, delta_bias, delta_softplus):
             map_rows(y, dtype),
         )  # fmt: skip
     return y
+
+
+def channels_last_steps(delta: torch.Tensor) -> bool:
+    """Whether delta (b, k, d, h, w) is stored with its channels innermost, (b, k, h, w, d) in
+    memory, as the network makes it for inference on the CPU (`vmamba_ref.ss2d.SS2D.scan`):
+    then the forward runs `_ss2d_core_fwd_positions_kernel`."""
+    return not delta.is_contiguous() and delta.permute(0, 1, 3, 4, 2).is_contiguous()
+
+
+def _fwd_positions(x, delta, A, B, C, D, delta_bias, delta_softplus, cw):
+    """The forward through `_ss2d_core_fwd_positions_kernel` (arguments checked), cw channels
+    per work item: y (b, d, h, w) as `ops.ss2d_core_output` lays it out."""
+    b, d, h, w = x.shape
+    n, l = B.shape[2], h * w
+    dtype = compute_dtype(x.dtype)
+    zeros = partial_sums((ROUTES * d,), dtype)
+    y = ops.ss2d_core_output(x, dtype)  # (b, d, h, w), channels_last for a channels_last x
+    y_rows = y if y.stride(1) == 1 else torch.empty_like(y, memory_format=torch.channels_last)
+    work, states = positions_workspace(n, cw, dtype)  # (threads, S), (threads, n + 1, cw + pad)
+    with threads_for(4 * x.numel()):
+        launch(_ss2d_core_fwd_positions_kernel)(
+            _positions(x, dtype).reshape(b, l, d),  # (b, l, d)
+            _positions(delta.reshape(b * ROUTES, d, h, w), dtype).reshape(b, ROUTES, l, d),
+            as_kernel_array(A, dtype),  # (k*d, n)
+            as_kernel_array(B, dtype).reshape(b, ROUTES, n, l),  # (b, k, n, l)
+            as_kernel_array(C, dtype).reshape(b, ROUTES, n, l),  # (b, k, n, l)
+            zeros if D is None else as_kernel_array(D, dtype),  # (k*d,)
+            zeros if delta_bias is None else as_kernel_array(delta_bias, dtype),  # (k*d,)
+            bool(delta_softplus), D is not None, cw, route_order(h, w), work, states,
+            y_rows.permute(0, 2, 3, 1).numpy().reshape(b, l, d),  # (b, l, d), a view of y
+        )  # fmt: skip
+    return y if y_rows is y else y.copy_(y_rows)
+
+
+@lru_cache(maxsize=64)
+def route_order(h: int, w: int) -> np.ndarray:
+    """`route_positions(h, w)` as a read-only NumPy array (k, l), made once per grid size (a
+    millisecond at 56 x 56, most of a batch-1 stage-1 call)."""
+    order = route_positions(h, w).numpy()  # (k, l)
+    order.flags.writeable = False
+    return order
+
+
+def _positions(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A (b, d, h, w) map as (b, h, w, d) C-contiguous NumPy in `dtype`: a view of a
+    channels_last map, a copy of any other."""
+    return t.detach().to(dtype).permute(0, 2, 3, 1).contiguous().numpy()  # (b, h, w, d)
 
 
 def ss2d_core_bwd_cpu(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
