@@ -230,6 +230,41 @@ def test_bfloat16_on_the_cpu_scans_in_float32(backend, weights, monkeypatch):
         )
 
 
+@pytest.mark.skipif("numba" not in _fast_backends(), reason="numba is not installed")
+def test_inference_stores_delta_channels_innermost_for_the_numba_core(weights, monkeypatch):
+    """With the numba backend on the CPU, SS2D.scan stores delta (b, k, d, h, w) channels
+    innermost when no gradient is needed (`ScanOps.channels_last_steps`), the layout of the
+    core's channels-in-lanes forward, and in the backward kernel's layout when one is; the
+    logits are the other layout's within the tolerance table, and the reference's."""
+    model = _model("numba", weights)
+    seen = []
+    for module in model.modules():
+        if isinstance(module, SS2D):
+            core = module.ops.ss2d_core
+            def recording(x, delta, *args, core=core):
+                if x.shape[2] * x.shape[3] > 1:  # on a 1 x 1 grid both layouts are one
+                    seen.append(delta.permute(0, 1, 3, 4, 2).is_contiguous() and not delta.is_contiguous())
+                return core(x, delta, *args)
+            monkeypatch.setattr(module, "ops", dataclasses.replace(module.ops, ss2d_core=recording))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        innermost = model(x)
+    assert seen and all(seen)
+    seen.clear()
+    model(x).sum().backward()
+    assert seen and not any(seen)
+    seen.clear()
+    for module in model.modules():
+        if isinstance(module, SS2D):
+            module.ops = dataclasses.replace(module.ops, channels_last_steps=False)
+    with torch.no_grad():
+        channel_major = model(x)
+        reference = _model("ref", weights)(x)
+    assert seen and not any(seen)
+    assert_close(innermost, channel_major, "numba", what="logits, delta channels innermost")
+    assert_close(innermost, reference, "numba", what="logits against the reference backend")
+
+
 @pytest.mark.parametrize("dynamic", [False, True], ids=["fixed-batch", "dynamic-batch"])
 def test_compiled_model_chunks_or_not_and_gives_the_same_logits(dynamic, weights, monkeypatch):
     """torch.compile traces the chunked stages for a fixed batch and the whole batch for a

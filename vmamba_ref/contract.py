@@ -504,13 +504,18 @@ class BackendUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class ScanOps:
-    """The four operators a backend provides, each with the reference's signature."""
+    """The four operators a backend provides, each with the reference's signature, and how its
+    ss2d_core likes delta stored. Every backend takes delta in any strides; with
+    `channels_last_steps` its CPU forward runs fastest on a delta stored (b, k, h, w, d) in
+    memory, channels innermost, which the network then makes when no gradient is needed
+    (`vmamba_ref.ss2d.SS2D.scan`)."""
 
     name: str
     cross_scan: Callable
     cross_merge: Callable
     selective_scan: Callable
     ss2d_core: Callable
+    channels_last_steps: bool = False
 
 
 def check_backend_name(backend: object) -> str:

@@ -80,7 +80,13 @@ class SS2D(nn.Module):
             x_dbl = torch.bmm(tokens, weight)  # (b, l, d) @ (b, d, k*e) -> (b, l, k*e)
             dts, Bs, Cs = torch.split(x_dbl.view(b, l, k, e), [r, n, n], dim=3)  # (b,l,k,r), (b,l,k,n) x2
             dt_weight = self.dt_projs_weight.to(x.dtype)  # (k, d, r)
-            delta = torch.matmul(dt_weight, dts.permute(0, 2, 3, 1))  # (k,d,r) @ (b,k,r,l) -> (b,k,d,l)
+            if self.ops.channels_last_steps and x.device.type == "cpu" and not dts.requires_grad:
+                # Stored channels innermost, the layout of the backend's fastest forward
+                # (`ScanOps.channels_last_steps`); the same numbers, another order in memory.
+                delta = torch.matmul(dts.permute(0, 2, 1, 3), dt_weight.transpose(1, 2))  # (b,k,l,r) @ (k,r,d) -> (b,k,l,d)
+                delta = delta.transpose(2, 3)  # (b, k, l, d) -> (b, k, d, l), a view
+            else:
+                delta = torch.matmul(dt_weight, dts.permute(0, 2, 3, 1))  # (k,d,r) @ (b,k,r,l) -> (b,k,d,l)
         Bs = Bs.permute(0, 2, 3, 1).reshape(b, k, n, h, w)  # (b, l, k, n) -> (b, k, n, h, w)
         Cs = Cs.permute(0, 2, 3, 1).reshape(b, k, n, h, w)  # (b, l, k, n) -> (b, k, n, h, w)
         # Under a GPU's autocast the products may come out in another dtype than x: align them.
