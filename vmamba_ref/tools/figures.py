@@ -18,6 +18,7 @@ Run `python -m vmamba_ref.tools.figures OUT_DIR` to write them all.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -119,7 +120,7 @@ def ss2d_route_outputs(model: VMamba, image: torch.Tensor) -> SimpleNamespace:
         return ss2d_core(*args)
 
     ops = ss2d.ops
-    ss2d.ops = SimpleNamespace(ss2d_core=recording_core)  # this instance only, restored below
+    ss2d.ops = dataclasses.replace(ops, ss2d_core=recording_core)  # this instance only, restored below
     try:
         with torch.no_grad():
             model(image)
