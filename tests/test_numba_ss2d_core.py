@@ -195,8 +195,9 @@ def channels_innermost(t: torch.Tensor) -> torch.Tensor:
     ).build(),
 )  # fmt: skip
 def test_channels_innermost_steps_match_reference(inputs):
-    """With delta stored channels innermost, the forward runs `_ss2d_core_fwd_positions_kernel`
-    (the backward copies delta to the other kernel's layout): the reference's y and gradients."""
+    """With delta stored channels innermost, the forward and the backward run the
+    channels-in-lanes kernels (`_ss2d_core_fwd_positions_kernel`,
+    `_ss2d_core_bwd_positions_kernel`): the reference's y and gradients."""
     inputs["delta"] = channels_innermost(inputs["delta"])
     _, d, h, w = inputs["x"].shape
     assert core_module.channels_last_steps(inputs["delta"]) == (d > 1 and h * w > 1)  # else both layouts
@@ -214,15 +215,20 @@ def test_channels_innermost_steps_in_low_precision_match_reference(inputs):
     assert_matches_reference(ss2d_core, inputs, op="ss2d_core")
 
 
-def test_channels_innermost_steps_take_the_positions_kernel(monkeypatch):
+def test_channels_innermost_steps_take_the_positions_kernels(monkeypatch):
     calls = []
-    kernel = core_module._fwd_positions
-    monkeypatch.setattr(core_module, "_fwd_positions", lambda *a: calls.append(a) or kernel(*a))
-    args = _core_args(d=20)
-    ss2d_core(**args)
+    for name in ("_fwd_positions", "_bwd_positions"):
+        kernel = getattr(core_module, name)
+        monkeypatch.setattr(
+            core_module, name, lambda *a, name=name, kernel=kernel: calls.append(name) or kernel(*a)
+        )
+    args = SS2DCoreCase(batch=2, channels=20, height=5, width=7, state=3, requires_grad=True).build()
+    ss2d_core(**args).sum().backward()
     assert calls == []
-    ss2d_core(**{**args, "delta": channels_innermost(args["delta"])})
-    assert len(calls) == 1
+    delta = channels_innermost(args["delta"])
+    ss2d_core(**{**args, "delta": delta}).sum().backward()
+    assert calls == ["_fwd_positions", "_bwd_positions"]
+    assert core_module.channels_last_steps(delta.grad) or delta.grad.is_contiguous()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -68,6 +68,23 @@ def test_ss2d_core_is_thread_count_independent(n):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+@pytest.mark.parametrize("n", [1, 16])
+def test_ss2d_core_with_channels_innermost_steps_is_thread_count_independent(n, monkeypatch):
+    """The channels-in-lanes kernels (delta stored (b, k, h, w, d)): the forward's chunks follow
+    the thread count, and give bitwise the same y for any chunk; the backward's chunks are fixed
+    by the shapes (here forced to 16 channels, three chunks whose dB and dC partials are summed)."""
+    core = sys.modules["vmamba_fast.numba.ss2d_core"]
+    monkeypatch.setattr(core, "KEPT_STATES", 16 * 54 * n)  # 16 channels per backward item
+    assert core.positions_bwd_chunk(2, 40, n, 54) == 16
+    inputs = SS2DCoreCase(batch=2, channels=40, height=6, width=9, state=n).build()
+    delta = inputs["delta"]
+    inputs["delta"] = delta.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    inputs["x"] = inputs["x"].contiguous(memory_format=torch.channels_last)
+    assert core.channels_last_steps(inputs["delta"])
+    _assert_identical(ss2d_core, inputs)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 def test_cross_scan_and_merge_are_thread_count_independent():
     x = torch.randn(3, 8, 7, 5)
     _assert_identical(lambda x: cross_merge(cross_scan(x).reshape(3, 4, 8, 7, 5)), {"x": x})

@@ -43,6 +43,7 @@ LOOPS_ALONG_MEMORY = [
     ss2d_core.store_channels,
     ss2d_core._position_route,
     ss2d_core._position_route_1,
+    ss2d_core._position_route_bwd,
 ]
 
 
