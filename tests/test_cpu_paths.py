@@ -231,11 +231,11 @@ def test_bfloat16_on_the_cpu_scans_in_float32(backend, weights, monkeypatch):
 
 
 @pytest.mark.skipif("numba" not in _fast_backends(), reason="numba is not installed")
-def test_inference_stores_delta_channels_innermost_for_the_numba_core(weights, monkeypatch):
+def test_the_numba_backend_gets_delta_stored_channels_innermost(weights, monkeypatch):
     """With the numba backend on the CPU, SS2D.scan stores delta (b, k, d, h, w) channels
-    innermost when no gradient is needed (`ScanOps.channels_last_steps`), the layout of the
-    core's channels-in-lanes forward, and in the backward kernel's layout when one is; the
-    logits are the other layout's within the tolerance table, and the reference's."""
+    innermost (`ScanOps.channels_last_steps`), the layout of the core's channels-in-lanes
+    kernels, in inference and in training; the logits and every parameter's gradient are the
+    other layout's within the tolerance table, and the logits the reference's."""
     model = _model("numba", weights)
     seen = []
     for module in model.modules():
@@ -247,22 +247,30 @@ def test_inference_stores_delta_channels_innermost_for_the_numba_core(weights, m
                 return core(x, delta, *args)
             monkeypatch.setattr(module, "ops", dataclasses.replace(module.ops, ss2d_core=recording))
     x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        innermost = model(x)
+
+    def logits_and_grads():
+        with torch.no_grad():
+            logits = model(x)
+        model.zero_grad()
+        model(x).square().sum().backward()
+        return logits, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    innermost, innermost_grads = logits_and_grads()
     assert seen and all(seen)
-    seen.clear()
-    model(x).sum().backward()
-    assert seen and not any(seen)
     seen.clear()
     for module in model.modules():
         if isinstance(module, SS2D):
             module.ops = dataclasses.replace(module.ops, channels_last_steps=False)
-    with torch.no_grad():
-        channel_major = model(x)
-        reference = _model("ref", weights)(x)
+    channel_major, channel_major_grads = logits_and_grads()
     assert seen and not any(seen)
+    with torch.no_grad():
+        reference = _model("ref", weights)(x)
     assert_close(innermost, channel_major, "numba", what="logits, delta channels innermost")
     assert_close(innermost, reference, "numba", what="logits against the reference backend")
+    assert innermost_grads.keys() == channel_major_grads.keys()
+    tol = tolerance(torch.float32, grad=True, backend="numba")
+    for name, grad in innermost_grads.items():
+        torch.testing.assert_close(grad, channel_major_grads[name], rtol=tol.rtol, atol=tol.atol, msg=name)
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["fixed-batch", "dynamic-batch"])

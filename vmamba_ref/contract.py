@@ -506,8 +506,8 @@ class BackendUnavailableError(RuntimeError):
 class ScanOps:
     """The four operators a backend provides, each with the reference's signature, and how its
     ss2d_core likes delta stored. Every backend takes delta in any strides; with
-    `channels_last_steps` its CPU forward runs fastest on a delta stored (b, k, h, w, d) in
-    memory, channels innermost, which the network then makes when no gradient is needed
+    `channels_last_steps` its CPU kernels run fastest on a delta stored (b, k, h, w, d) in
+    memory, channels innermost, which the network then makes on the CPU
     (`vmamba_ref.ss2d.SS2D.scan`)."""
 
     name: str

@@ -80,8 +80,8 @@ class SS2D(nn.Module):
             x_dbl = torch.bmm(tokens, weight)  # (b, l, d) @ (b, d, k*e) -> (b, l, k*e)
             dts, Bs, Cs = torch.split(x_dbl.view(b, l, k, e), [r, n, n], dim=3)  # (b,l,k,r), (b,l,k,n) x2
             dt_weight = self.dt_projs_weight.to(x.dtype)  # (k, d, r)
-            if self.ops.channels_last_steps and x.device.type == "cpu" and not dts.requires_grad:
-                # Stored channels innermost, the layout of the backend's fastest forward
+            if self.ops.channels_last_steps and x.device.type == "cpu":
+                # Stored channels innermost, the layout of the backend's fastest kernels
                 # (`ScanOps.channels_last_steps`); the same numbers, another order in memory.
                 delta = torch.matmul(dts.permute(0, 2, 1, 3), dt_weight.transpose(1, 2))  # (b,k,l,r) @ (k,r,d) -> (b,k,l,d)
                 delta = delta.transpose(2, 3)  # (b, k, l, d) -> (b, k, d, l), a view

@@ -51,9 +51,9 @@ ops.register_kernels(
     ss2d_core_bwd=ss2d_core_bwd_cpu,
 )
 
-# What get_ops("numba") returns. The network stores delta channels innermost for inference,
-# which takes the forward through the kernel that runs the channels side by side in the
-# vector lanes (`ss2d_core.channels_last_steps`).
+# What get_ops("numba") returns. The network stores delta channels innermost on the CPU,
+# which takes the core through the kernels that run the channels side by side in the vector
+# lanes, forward and backward (`ss2d_core.channels_last_steps`).
 OPS = ScanOps("numba", cross_scan, cross_merge, selective_scan, ss2d_core, channels_last_steps=True)
 
 __all__ = ["cross_merge", "cross_scan", "selective_scan", "ss2d_core"]
