@@ -438,6 +438,21 @@ def _position_route(xs, ds, ys, Bs, Cs, At, Db, bb, st, dtb, c0, order, first, s
         _position_step(u, dl, yo, Bs, Cs, p, At, Db, bb, st, dtb, softplus, has_D, nonpositive, first)
 
 
+@njit(**JIT)
+def _route_parameters(A, D, bias, p0, softplus, At, Db, bb):
+    """A work item's parameters of one route, copied where the lanes read them: At[m, j] =
+    A[p0 + j, m] (transposed), Db, bb (span,) = D, bias from p0. Returns whether the cheaper
+    exp applies (softplus with every A <= 0, so dt * A <= 0)."""
+    nonpositive = softplus
+    for j in range(Db.shape[0]):
+        Db[j] = D[p0 + j]
+        bb[j] = bias[p0 + j]
+        for m in range(At.shape[0]):
+            At[m, j] = A[p0 + j, m]
+            nonpositive = nonpositive and A[p0 + j, m] <= zero_of(A)
+    return nonpositive
+
+
 @njit(**PARALLEL_JIT)
 def _ss2d_core_fwd_positions_kernel(
     x, delta, A, B, C, D, bias, softplus, has_D, cw, order, work, states, y
@@ -468,13 +483,7 @@ def _ss2d_core_fwd_positions_kernel(
         dtb, Db, bb = st[n, :span], vecs[0, :span], vecs[1, :span]
         for route in range(4):
             p0 = route * d + c0
-            nonpositive = softplus
-            for j in range(span):
-                Db[j] = D[p0 + j]
-                bb[j] = bias[p0 + j]
-                for m in range(n):
-                    At[m, j] = A[p0 + j, m]
-                    nonpositive = nonpositive and A[p0 + j, m] <= zero_of(A)
+            nonpositive = _route_parameters(A, D, bias, p0, softplus, At, Db, bb)
             if n == 1 and nonpositive and has_D:
                 _position_route_1(
                     x[bi], delta[bi, route], y[bi], B[bi, route, 0], C[bi, route, 0],
@@ -623,13 +632,7 @@ def _ss2d_core_bwd_positions_kernel(
         Hs, v, acc = hist[tid], vecs[tid], sums[tid]  # (l, n, cw + pad), (n + 5, ...), (n + 2, ...)
         for route in range(4):
             p0 = route * d + c0
-            nonpositive = softplus
-            for j in range(span):
-                Db[j] = D[p0 + j]
-                bb[j] = bias[p0 + j]
-                for m in range(n):
-                    At[m, j] = A[p0 + j, m]
-                    nonpositive = nonpositive and A[p0 + j, m] <= zero_of(A)
+            nonpositive = _route_parameters(A, D, bias, p0, softplus, At, Db, bb)
             for r in range(n + 2):
                 for j in range(span):
                     acc[r, j] = 0.0
@@ -910,19 +913,12 @@ def _fwd_positions(x, delta, A, B, C, D, delta_bias, delta_softplus, cw):
     b, d, h, w = x.shape
     n, l = B.shape[2], h * w
     dtype = compute_dtype(x.dtype)
-    zeros = partial_sums((ROUTES * d,), dtype)
     y = ops.ss2d_core_output(x, dtype)  # (b, d, h, w), channels_last for a channels_last x
     y_rows = y if y.stride(1) == 1 else torch.empty_like(y, memory_format=torch.channels_last)
     work, states = positions_workspace(n, cw, dtype)  # (threads, S), (threads, n + 1, cw + pad)
     with threads_for(4 * x.numel()):
         launch(_ss2d_core_fwd_positions_kernel)(
-            _positions(x, dtype).reshape(b, l, d),  # (b, l, d)
-            _positions(delta.reshape(b * ROUTES, d, h, w), dtype).reshape(b, ROUTES, l, d),
-            as_kernel_array(A, dtype),  # (k*d, n)
-            as_kernel_array(B, dtype).reshape(b, ROUTES, n, l),  # (b, k, n, l)
-            as_kernel_array(C, dtype).reshape(b, ROUTES, n, l),  # (b, k, n, l)
-            zeros if D is None else as_kernel_array(D, dtype),  # (k*d,)
-            zeros if delta_bias is None else as_kernel_array(delta_bias, dtype),  # (k*d,)
+            *_position_args(x, delta, A, B, C, D, delta_bias, dtype),
             bool(delta_softplus), D is not None, cw, route_order(h, w), work, states,
             y_rows.permute(0, 2, 3, 1).numpy().reshape(b, l, d),  # (b, l, d), a view of y
         )  # fmt: skip
@@ -969,7 +965,6 @@ def _bwd_positions(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
     dtype = compute_dtype(x.dtype)
     cw = positions_bwd_chunk(b, d, n, l)
     nch = (d + cw - 1) // cw
-    zeros = partial_sums((ROUTES * d,), dtype)
     dx = ops.ss2d_core_output(x, dtype)  # (b, d, h, w), channels_last for a channels_last x
     dx_rows = dx if dx.stride(1) == 1 else torch.empty_like(dx, memory_format=torch.channels_last)
     ddelta = torch.empty(b, ROUTES, h, w, d, dtype=dtype)  # (b, k, h, w, d)
@@ -985,13 +980,7 @@ def _bwd_positions(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
     sums = torch.empty(threads, n + 2, row, dtype=torch.float64).numpy()  # sums over time
     with threads_for(4 * x.numel()):
         launch(_ss2d_core_bwd_positions_kernel)(
-            _positions(x, dtype).reshape(b, l, d),  # (b, l, d)
-            _positions(delta.reshape(b * ROUTES, d, h, w), dtype).reshape(b, ROUTES, l, d),
-            as_kernel_array(A, dtype),  # (k*d, n)
-            as_kernel_array(B, dtype).reshape(b, ROUTES, n, l),  # (b, k, n, l)
-            as_kernel_array(C, dtype).reshape(b, ROUTES, n, l),  # (b, k, n, l)
-            zeros if D is None else as_kernel_array(D, dtype),  # (k*d,)
-            zeros if delta_bias is None else as_kernel_array(delta_bias, dtype),  # (k*d,)
+            *_position_args(x, delta, A, B, C, D, delta_bias, dtype),
             _positions(dy, dtype).reshape(b, l, d),  # (b, l, d)
             bool(delta_softplus), D is not None, cw, route_order(h, w), work, hist, vecs, sums,
             dx_rows.permute(0, 2, 3, 1).numpy().reshape(b, l, d),  # (b, l, d), a view of dx
@@ -1007,6 +996,24 @@ def _bwd_positions(dy, x, delta, A, B, C, D, delta_bias, delta_softplus):
         torch.from_numpy(dC_part.sum(1)).reshape(b, ROUTES, n, h, w),  # (b, k, n, h, w)
         torch.from_numpy(dD_part.sum(0)).to(dtype),  # (k*d,)
         torch.from_numpy(dbias_part.sum(0)).to(dtype),  # (k*d,)
+    )
+
+
+def _position_args(x, delta, A, B, C, D, delta_bias, dtype) -> tuple[np.ndarray, ...]:
+    """The channels-in-lanes kernels' arguments from x to delta_bias, as NumPy in `dtype`:
+    x (b, l, d) and delta (b, k, l, d) with the channels innermost, A (k*d, n), B, C
+    (b, k, n, l), D and delta_bias (k*d,), zeros for one that is None."""
+    b, d, h, w = x.shape
+    n, l = B.shape[2], h * w
+    zeros = partial_sums((ROUTES * d,), dtype)
+    return (
+        _positions(x, dtype).reshape(b, l, d),  # (b, l, d)
+        _positions(delta.reshape(b * ROUTES, d, h, w), dtype).reshape(b, ROUTES, l, d),
+        as_kernel_array(A, dtype),  # (k*d, n)
+        as_kernel_array(B, dtype).reshape(b, ROUTES, n, l),  # (b, k, n, l)
+        as_kernel_array(C, dtype).reshape(b, ROUTES, n, l),  # (b, k, n, l)
+        zeros if D is None else as_kernel_array(D, dtype),  # (k*d,)
+        zeros if delta_bias is None else as_kernel_array(delta_bias, dtype),  # (k*d,)
     )
 
 
