@@ -63,8 +63,8 @@ ones per element. The backward (`_position_route_bwd`) walks each route forwards
 the state before every step, then backwards through the adjoint recurrence, the channels in
 the lanes again; its work items have a chunk size fixed by the shapes (`positions_bwd_chunk`),
 so that its sums over chunks (dB, dC) do not depend on the thread count. Per call against the
-kernel below (n = 1, batch 8): 1.2x at stages 1 and 2, 1.4x at stage 3, 2.1x at stage 4; at
-n = 16 (batch 2), 2.2-3.8x.
+kernel below (n = 1, batch 8): 1.2x at stage 1, 1.0-1.2x at stage 2, 1.2-1.4x at stage 3,
+2.1-2.3x at stage 4; at n = 16 (batch 2), 2.2-3.8x.
 
 The backward pass follows the selective scan's: per route, a forward sweep keeps every tile's
 discretization and states, then the tiles run last to first through the adjoint recurrence;
@@ -935,8 +935,9 @@ def route_order(h: int, w: int) -> np.ndarray:
 
 
 KEPT_STATES = 1 << 20
-"""The most kept states (numbers) of one work item of the channels_last backward: 4 MiB per
-thread in float32, whatever the grid."""
+"""The kept states (numbers) that one work item of the channels_last backward aims at: 4 MiB
+per thread in float32. The 16-channel floor and the rows' padding can exceed it on the
+largest grids with many states: 6.1 MiB at Vanilla VMamba-T's stage 1 (l = 3136, n = 16)."""
 
 BWD_ITEMS = 4
 """Work items that the channels_last backward makes at least, batch permitting: a batch of one
