@@ -29,9 +29,8 @@ Columns:
   of this dtype) / time. 1.0 would be every cycle in matrix products at peak.
 
 torchvision's models import beside the CPU torch build once its compiled-op registrations are
-skipped: an empty module is put at `sys.modules["torchvision._meta_registrations"]` before
-`import torchvision` (convnext_tiny, swin_t and resnet50 need none of those ops). This is done
-here, in a benchmark, never in the package. Without torchvision
+skipped (`cpu_torchvision.py`: convnext_tiny, swin_t and resnet50 need none of those ops). This is
+done here, in a benchmark, never in the package. Without torchvision
 (`pip install --no-deps torchvision==0.28.0`, the release paired with torch 2.13) the peers are
 skipped with a note.
 """
@@ -47,12 +46,12 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from cpu_torchvision import skip_torchvision_meta_registrations
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -76,7 +75,7 @@ def torchvision_models() -> dict[str, Callable[[], nn.Module]]:
     if importlib.util.find_spec("torchvision") is None:
         print("torchvision is not installed: the peers are skipped (pip install --no-deps torchvision==0.28.0)")
         return {}
-    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+    skip_torchvision_meta_registrations()
     from torchvision.models import convnext_tiny, resnet50, swin_t
 
     return {"ConvNeXt-T": convnext_tiny, "Swin-T": swin_t, "ResNet-50": resnet50}

@@ -12,10 +12,12 @@ logits, then times both, calls interleaved, at batch 1 and 8 (float32, eval, `no
 
 The official model file imports timm and einops, which must be installed (`pip install timm
 einops`), and fvcore, for FLOP counting only: where fvcore is missing, `gpu_model_rows.py`'s
-announced stand-in takes its name. Two things change in this process, and the script says so
-when it runs: that stand-in, and `torch.cuda.device`, which the official cross-scan enters
-for every input, CPU tensors included, and which raises for a CPU device: here it is a no-op
-context for CPU devices. Allocator, threads and threading layer stay the defaults.
+announced stand-in takes its name. timm imports torchvision, which beside the CPU torch build
+imports only without its compiled-op registrations (`cpu_torchvision.py`). Up to three things
+change in this process, and the script says so when it runs: those two stand-ins, and
+`torch.cuda.device`, which the official cross-scan enters for every input, CPU tensors
+included, and which raises for a CPU device: here it is a no-op context for CPU devices.
+Allocator, threads and threading layer stay the defaults.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_torchvision import META_REGISTRATIONS, skip_torchvision_meta_registrations  # noqa: E402
 from gpu_model_rows import OFFICIAL_CONSTRUCTORS, OFFICIAL_MODELS, load_official  # noqa: E402
 
 from vmamba_ref import vmamba_tiny  # noqa: E402
@@ -58,6 +61,8 @@ def build_official_cpu(official: Path) -> torch.nn.Module:
     """The official VMamba-T in eval mode, every SS2D on the official CPU path."""
     if not (official / OFFICIAL_MODELS / "vmamba.py").is_file():
         raise SystemExit(f"--official {official}: no {OFFICIAL_MODELS / 'vmamba.py'} there; pass a checkout of the official code")
+    if skip_torchvision_meta_registrations():
+        print(f"this process: an empty {META_REGISTRATIONS} lets timm import torchvision (cpu_torchvision.py)")
     try:
         vmamba = load_official(official)
     except ModuleNotFoundError as err:

@@ -1,17 +1,21 @@
 """benchmarks/bench_cpu.py and bench_models_cpu.py run: their --quick modes, seconds of tiny
 shapes and models, in a subprocess. bench_official_cpu.py refuses a folder that is not the
-official checkout, and with one (VMAMBA_OFFICIAL) times both models on the same weights.
+official checkout, and with one (VMAMBA_OFFICIAL) times both models on the same weights. Where
+torchvision is installed, the benchmarks' way of importing it beside the CPU torch build works.
 
 One thread: this checks that the script works, not timings, and a two-thread run on a busy
 machine can stall in every parallel region of torch and Numba alike."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +66,22 @@ def test_bench_models_cpu_quick_runs_every_table():
     # In inference also the other bfloat16 path, the model cast once, in the same rounds.
     cast_once = [line for line in result.stdout.splitlines() if "as a bfloat16 model" in line]
     assert len(cast_once) == 1 and "over float32, the same rounds:" in cast_once[0], cast_once
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason="torchvision is not installed")
+def test_torchvision_models_import_beside_the_cpu_torch_build_in_the_benchmarks():
+    # What bench_models_cpu (the peers) and bench_official_cpu (timm, which imports torchvision)
+    # do before they import it; a failed import raised from torchvision's own meta registrations.
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks')\n"
+        "from cpu_torchvision import skip_torchvision_meta_registrations\n"
+        "print('stand-in', skip_torchvision_meta_registrations())\n"
+        "from torchvision.models import convnext_tiny\n"
+        "print('built', type(convnext_tiny()).__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "built ConvNeXt" in result.stdout, result.stdout
 
 
 def test_bench_official_cpu_refuses_a_folder_that_is_not_the_official_checkout(tmp_path):
