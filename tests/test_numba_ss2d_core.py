@@ -5,7 +5,7 @@
   non-contiguous inputs), float64/float32 to the tolerance table, float16/bfloat16 by the
   low-precision rule, with tiles small enough that runs and column bands split the grid;
 - the fused kernel equals the Numba backend's three separate ops; zero input gives zero
-  output; extreme step sizes;
+  output; extreme step sizes; the column-major routes' prefetch changes no bit;
 - validation: the reference's errors, tensors off the CPU name the backends to use.
 """
 
@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import sys
 
+import numba
+import numpy as np
 import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from vmamba_fast.numba import cross_merge, cross_scan, selective_scan, ss2d_core
-from vmamba_fast.numba.config import override
+from vmamba_fast.numba.config import JIT, override
 from vmamba_ref.contract import BackendUnavailableError
 from vmamba_ref.cross_scan import cross_scan_routes
 from vmamba_ref.ss2d_core import ss2d_core as ref_ss2d_core
@@ -248,6 +250,49 @@ def test_position_chunks_change_no_bit(n, init, dtype):
         assert torch.equal(y, ys[0])
     tol = tolerance(dtype, backend="numba")
     torch.testing.assert_close(ys[0], ref_ss2d_core(**args), rtol=tol.rtol, atol=tol.atol)
+
+
+def _one_route(name: str, fn, ahead: int, n: int = 1, d: int = 37, h: int = 6, w: int = 7) -> list[np.ndarray]:
+    """What `fn`, the channels-in-lanes route function `name` (compiled in any way), writes on
+    the column-major route 1 of an h x w grid for all d channels of one image, prefetching
+    `ahead` steps on."""
+    rng = np.random.default_rng(n)
+    l = h * w
+    xs, ds, dys = rng.standard_normal((3, l, d), dtype=np.float32)  # (l, d) each
+    Bs, Cs = rng.standard_normal((2, n, l), dtype=np.float32)  # (n, l) each
+    At = -rng.random((n, d), dtype=np.float32)  # (n, d), A <= 0
+    Db, bb = rng.standard_normal((2, d), dtype=np.float32)  # (d,) each
+    order = core_module.route_order(h, w)[1]  # (l,), column-major
+    if name == "_position_route_1":
+        ys, s = np.zeros((l, d), np.float32), np.empty(d, np.float32)
+        fn(xs, ds, ys, Bs[0], Cs[0], At[0], Db, bb, s, 0, order, False, ahead)
+        return [ys, s]
+    if name == "_position_route":
+        ys, st, dtb = np.zeros((l, d), np.float32), np.empty((n, d), np.float32), np.empty(d, np.float32)
+        fn(xs, ds, ys, Bs, Cs, At, Db, bb, st, dtb, 0, order, False, True, True, True, ahead)
+        return [ys, st]
+    Hs, v = np.empty((l, n, d), np.float32), np.empty((n + 5, d), np.float32)
+    acc = np.zeros((n + 2, d), np.float64)
+    dxs, dds, dBs, dCs = np.zeros((l, d), np.float32), np.empty((l, d), np.float32), *np.empty((2, n, l), np.float32)
+    fn(xs, ds, dys, Bs, Cs, At, Db, bb, order, False, True, True, True, 0, Hs, v, acc, dxs, dds, dBs, dCs, ahead)
+    return [dxs, dds, dBs, dCs, acc]
+
+
+@pytest.mark.parametrize("name", ["_position_route_1", "_position_route", "_position_route_bwd"])
+def test_the_column_routes_prefetch_and_change_no_bit(name):
+    """The channels-in-lanes kernels ask for a column-major route's rows `PREFETCH_STEPS` steps
+    before they reach them (`prefetch_steps`): the compiled route carries LLVM's prefetch, and
+    every output is bitwise the same for any distance, none, one step, the kernels' and one past
+    the route's end."""
+    fn = numba.njit(**{**JIT, "cache": False})(getattr(core_module, name).py_func)  # its IR readable
+    assert core_module.prefetch_steps(1) == core_module.prefetch_steps(3) == core_module.PREFETCH_STEPS > 0
+    assert core_module.prefetch_steps(0) == core_module.prefetch_steps(2) == 0
+    n = 1 if name == "_position_route_1" else 3
+    expected = _one_route(name, fn, 0, n=n)
+    for ahead in (1, core_module.PREFETCH_STEPS, 6 * 7 + 1):
+        for got, want in zip(_one_route(name, fn, ahead, n=n), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert "llvm.prefetch" in fn.inspect_llvm(fn.signatures[0])
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "channel-first"])

@@ -7,6 +7,7 @@ stream their outputs.
 | `as_kernel_array`, `partial_sums`          | tensors in and buffers out, as NumPy arrays        |
 | `ROW_PAD`, `carve`, `take`, `take3`        | views carved out of one thread's workspace row     |
 | `CACHE_LINE`, `stream_row`                 | stores that bypass the caches                      |
+| `prefetch_span`                            | loads asked for ahead of the loop that needs them  |
 
 Nothing here knows the scan: the tile layouts built from these views are in `tiles.py`. What
 the non-temporal stores save is measured in `docs/kernels.md` (section "On a 2-core CPU").
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from vmamba_fast.numba.config import JIT
@@ -191,3 +193,48 @@ def _stream_row_impl(src, dst):
             dst[tt] = src[tt]
 
     return stream
+
+
+# ------------------------------------------------------------------------------------------------
+# Software prefetch: rows that a loop will reach in a few steps, at strides the hardware does
+# not follow.
+# ------------------------------------------------------------------------------------------------
+
+
+@intrinsic
+def _prefetch_line(typingctx, arr, i, j):
+    """Ask for the cache line that holds arr[i, j] of a 2-D array, for reading, kept in every
+    cache level (LLVM's prefetch: a hint that neither faults nor changes any value)."""
+    sig = types.void(arr, i, j)
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], a, [args[1], args[2]])
+        byte = ir.IntType(8).as_pointer()
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte] + [ir.IntType(32)] * 3), "llvm.prefetch.p0"
+        )
+        read, keep_everywhere, data = (ir.Constant(ir.IntType(32), v) for v in (0, 3, 1))
+        builder.call(fn, [builder.bitcast(ptr, byte), read, keep_everywhere, data])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def prefetch_span(arr, row, c0, c1):
+    """Ask the CPU to bring arr[row, c0:c1] of a C-contiguous 2-D array into the caches: every
+    cache line of the span, one prefetch each. A hint only: no value changes, and in plain
+    Python (`NUMBA_DISABLE_JIT=1`) it does nothing. For a loop whose next rows lie pages apart,
+    where the hardware prefetchers stop (they do not cross a 4 KiB page)."""
+
+
+@overload(prefetch_span, inline="always")
+def _prefetch_span_impl(arr, row, c0, c1):
+    def impl(arr, row, c0, c1):
+        lanes = CACHE_LINE // arr.itemsize
+        for c in range(c0, c1, lanes):
+            _prefetch_line(arr, row, c)
+        if c1 > c0:
+            _prefetch_line(arr, row, c1 - 1)  # the span's last line, when c0 is not line-aligned
+
+    return impl

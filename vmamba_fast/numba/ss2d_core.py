@@ -58,8 +58,9 @@ sums over routes run in the same order (route 0 writes y, 1-3 add). Measured per
 the kernel above at VMamba-T's stage shapes (n = 1, batch 8, one process, calls interleaved):
 1.07-1.7x at stage 1, 1.3-1.5x at stage 2, 1.8-2.1x at stage 3, 2.5-2.7x at stage 4; at
 n = 16, 2.6-4.4x. Its column-major routes read rows w*d numbers apart, which the hardware
-prefetchers do not follow: on a 56 x 56 grid they take 1.4-1.6x the time of the row-major
-ones per element. The backward (`_position_route_bwd`) walks each route forwards once to keep
+prefetchers do not follow: on a 56 x 56 grid they take 1.4-1.8x the time of the row-major
+ones per element, so on those routes every step prefetches the rows it will reach
+`PREFETCH_STEPS` steps on. The backward (`_position_route_bwd`) walks each route forwards once to keep
 the state before every step, then backwards through the adjoint recurrence, the channels in
 the lanes again; its work items have a chunk size fixed by the shapes (`positions_bwd_chunk`),
 so that its sums over chunks (dB, dC) do not depend on the thread count. Per call against the
@@ -103,6 +104,7 @@ from vmamba_fast.numba.memory import (
     as_kernel_array,
     check_cpu,
     partial_sums,
+    prefetch_span,
     reaches_cpu_kernel,
     take,
 )
@@ -411,29 +413,68 @@ def _position_step_1(u, dl, yo, b, c, a, Db, bb, s, first):
             yo[j] += c * s[j] + Db[j] * u[j]
 
 
+PREFETCH_STEPS = 4
+"""How many steps ahead the channels-in-lanes kernels prefetch the rows of a column-major route
+(routes 1 and 3, `prefetch_steps`). Those rows lie w*d numbers apart, pages apart at every
+VMamba-T stage, where the hardware prefetchers stop. Measured on the AMD host per call of the
+forward kernel alone, bitwise the same y, against no prefetch: 1.27x (caches warm) and 1.88x
+(cold) at stage 1, batch 1; 1.31x and 1.21x at stage 2, batch 5; 1.03-1.10x at stage 3; 8 and
+16 steps ahead gave the same or less. Per operator call, backward and whole model:
+docs/kernels.md."""
+
+
+@njit(inline="always", **JIT)
+def prefetch_steps(route):
+    """Steps ahead to prefetch on `route`: `PREFETCH_STEPS` on the column-major routes (1 and
+    3 in `vmamba_ref.contract.route_positions`), none on the row-major ones, which walk memory
+    in order and need none."""
+    return PREFETCH_STEPS if route % 2 == 1 else 0
+
+
+@njit(inline="always", **JIT)
+def _prefetch_rows(arrays, order, t, c0, c1):
+    """Prefetch the channels c0 : c1 of the row that step t of a route visits (position
+    order[t]) in each (l, d) array of the tuple; nothing when t lies outside the route."""
+    if 0 <= t < order.shape[0]:
+        q = order[t]
+        for rows in arrays:
+            prefetch_span(rows, q, c0, c1)
+
+
 @njit(**JIT)
-def _position_route_1(xs, ds, ys, Bs, Cs, a, Db, bb, s, c0, order, first):
+def _position_route_1(xs, ds, ys, Bs, Cs, a, Db, bb, s, c0, order, first, ahead):
     """`_position_route` through `_position_step_1`: Bs, Cs (l,) the projections of the one
     state; a, s (cw,). A function of its own: inlined beside the general step, the loop lost
     its vectorization (measured 10x slower)."""
     wide_simd()
     c1 = c0 + s.shape[0]
+    l = order.shape[0]
     s[:] = 0
-    for p in order:
+    for t in range(l):
+        if ahead > 0:  # the rows `ahead` steps on, asked for now
+            _prefetch_rows((xs, ds, ys), order, t + ahead, c0, c1)
+        p = order[t]
         u, dl, yo = xs[p, c0:c1], ds[p, c0:c1], ys[p, c0:c1]  # (cw,) each
         _position_step_1(u, dl, yo, Bs[p], Cs[p], a, Db, bb, s, first)
 
 
 @njit(**JIT)
-def _position_route(xs, ds, ys, Bs, Cs, At, Db, bb, st, dtb, c0, order, first, softplus, has_D, nonpositive):
+def _position_route(
+    xs, ds, ys, Bs, Cs, At, Db, bb, st, dtb, c0, order, first, softplus, has_D, nonpositive, ahead
+):  # fmt: skip
     """One route for the channels c0 : c0 + cw of one image: a `_position_step` at every grid
     position of `order` (l,), the route's positions in the order it visits them
     (`vmamba_ref.contract.route_positions`). xs, ds, ys (l, d): x, the route's delta and y,
-    channels_last; Bs, Cs (n, l); At, st (n, cw); `first`: route 0, which writes y."""
+    channels_last; Bs, Cs (n, l); At, st (n, cw); `first`: route 0, which writes y. The rows
+    `ahead` steps on are prefetched (`prefetch_steps`; 0: none)."""
     wide_simd()
     c1 = c0 + dtb.shape[0]
+    l = order.shape[0]
     st[:] = 0
-    for p in order:
+    for t in range(l):
+        if ahead > 0:
+            _prefetch_rows((xs, ds, ys), order, t + ahead, c0, c1)
+        p = order[t]
         u, dl, yo = xs[p, c0:c1], ds[p, c0:c1], ys[p, c0:c1]  # (cw,) each
         _position_step(u, dl, yo, Bs, Cs, p, At, Db, bb, st, dtb, softplus, has_D, nonpositive, first)
 
@@ -488,18 +529,20 @@ def _ss2d_core_fwd_positions_kernel(
                 _position_route_1(
                     x[bi], delta[bi, route], y[bi], B[bi, route, 0], C[bi, route, 0],
                     At[0, :span], Db, bb, st[0, :span], c0, order[route], route == 0,
+                    prefetch_steps(route),
                 )  # fmt: skip
             else:
                 _position_route(
                     x[bi], delta[bi, route], y[bi], B[bi, route], C[bi, route], At, Db, bb, st,
                     dtb, c0, order[route], route == 0, softplus, has_D, nonpositive,
+                    prefetch_steps(route),
                 )  # fmt: skip
 
 
 @njit(**JIT)
 def _position_route_bwd(
     xs, ds, dys, Bs, Cs, At, Db, bb, order, first, softplus, has_D, nonpositive, c0, Hs, v,
-    acc, dxs, dds, dBs, dCs,
+    acc, dxs, dds, dBs, dCs, ahead,
 ):  # fmt: skip
     """The backward of one route for the channels c0 : c0 + cw of one image, SIMD across them.
 
@@ -508,7 +551,8 @@ def _position_route_bwd(
     the state before every step, kept by the forward sweep; v (n + 5, cw) the adjoints g
     (rows :n), then a = exp(dt A), dt, sigmoid, du and ddt of a step; acc (n + 2, cw) float64 sums over
     time of dA (rows :n), dD and dbias. Writes dxs (route 0) or adds to it, writes dds (l, d)
-    and the route's per-position sums over the chunk's channels dBs, dCs (n, l).
+    and the route's per-position sums over the chunk's channels dBs, dCs (n, l). Both sweeps
+    prefetch the rows `ahead` steps on (`prefetch_steps`; 0: none).
 
     Per step t (position p), walking the route backwards, with g_m = dL/dh_t[m]:
         g_m += C_m dy;   dC_m[p] = sum_j dy h_m;   dB_m[p] = sum_j g_m dt u
@@ -529,6 +573,8 @@ def _position_route_bwd(
         for j in range(cw):
             s[j] = zero_of(Db)
     for t in range(l):
+        if ahead > 0:
+            _prefetch_rows((xs, ds), order, t + ahead, c0, c1)
         p = order[t]
         u, dl = xs[p, c0:c1], ds[p, c0:c1]
         for j in range(cw):
@@ -551,6 +597,8 @@ def _position_route_bwd(
             s[j] = zero_of(Db)
     for tt in range(l):
         t = l - 1 - tt
+        if ahead > 0:  # walking backwards: the rows `ahead` steps back
+            _prefetch_rows((xs, ds, dys, dxs, dds), order, t - ahead, c0, c1)
         p = order[t]
         u, dl, dy = xs[p, c0:c1], ds[p, c0:c1], dys[p, c0:c1]
         for j in range(cw):
@@ -640,6 +688,7 @@ def _ss2d_core_bwd_positions_kernel(
                 x[bi], delta[bi, route], dy[bi], B[bi, route], C[bi, route], At, Db,
                 bb, order[route], route == 0, softplus, has_D, nonpositive, c0, Hs, v, acc,
                 dx[bi], ddelta[bi, route], dB_part[bi, ci, route], dC_part[bi, ci, route],
+                prefetch_steps(route),
             )  # fmt: skip
             for j in range(span):
                 for m in range(n):
