@@ -195,8 +195,13 @@ def test_registration_without_timm_says_what_to_install(monkeypatch):
 
 
 def test_real_timm_creates_the_models():
-    """Runs where timm (and torchvision) import; skipped where they do not."""
-    timm = pytest.importorskip("timm")
+    """Runs where timm (and torchvision) import; skipped where they do not, whatever the import
+    raises: beside the CPU torch build, timm's import of a torchvision wheel built for another
+    torch raises RuntimeError ("operator torchvision::nms does not exist"), not ImportError."""
+    try:
+        import timm
+    except Exception as err:  # noqa: BLE001 - any failed import means: no usable timm here
+        pytest.skip(f"timm does not import here: {type(err).__name__}: {err}")
     register_timm_models()
     model = timm.create_model("vmamba_mini", num_classes=3)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
