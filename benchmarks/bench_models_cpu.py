@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from cpu_torchvision import skip_torchvision_meta_registrations
+from cpu_torchvision import META_REGISTRATIONS, skip_torchvision_meta_registrations
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -75,7 +75,8 @@ def torchvision_models() -> dict[str, Callable[[], nn.Module]]:
     if importlib.util.find_spec("torchvision") is None:
         print("torchvision is not installed: the peers are skipped (pip install --no-deps torchvision==0.28.0)")
         return {}
-    skip_torchvision_meta_registrations()
+    if skip_torchvision_meta_registrations():
+        print(f"this process: an empty {META_REGISTRATIONS} lets torchvision's models import (cpu_torchvision.py)")
     from torchvision.models import convnext_tiny, resnet50, swin_t
 
     return {"ConvNeXt-T": convnext_tiny, "Swin-T": swin_t, "ResNet-50": resnet50}
