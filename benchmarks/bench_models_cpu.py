@@ -3,6 +3,7 @@ ConvNeXt-T, Swin-T and ResNet-50.
 
     python benchmarks/bench_models_cpu.py            # the full table, under 10 minutes on 2 cores
     python benchmarks/bench_models_cpu.py --quick    # tiny inputs: checks the script runs
+    python benchmarks/bench_models_cpu.py --bounds   # VMamba-T with its core, then its scan, skipped
 
 What a user gets is measured: this process keeps the default allocator, torch's default thread
 count and Numba's default threading layer; nothing is tuned, and the header says so. Every row
@@ -28,6 +29,11 @@ Columns:
 - floor: the fraction of the matrix-product floor, (2 * multiply-adds) / (measured matmul peak
   of this dtype) / time. 1.0 would be every cycle in matrix products at peak.
 
+With `--bounds` the script times only VMamba-T beside two copies of it whose SS2D blocks skip
+the core, then the whole scan (projections and core), and the peers: not models (their logits
+mean nothing) but bounds, the speed a free core or a free scan would give. They say how much of
+the gap to each peer the scan can close at all, in about a minute.
+
 torchvision's models import beside the CPU torch build once its compiled-op registrations are
 skipped (`cpu_torchvision.py`: convnext_tiny, swin_t and resnet50 need none of those ops). This is
 done here, in a benchmark, never in the package. Without torchvision
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import importlib.util
 import json
 import resource
@@ -56,6 +63,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vmamba_ref import MODELS, available_backends
+from vmamba_ref.contract import compute_dtype
+from vmamba_ref.ss2d import SS2D
 from vmamba_ref.tools.flops import count_model_flops
 
 PAGE_MB = resource.getpagesize() / 1e6
@@ -226,6 +235,56 @@ def compiled_row(row: Row) -> Row:
     return Row(f"{row.name}, compiled", torch.compile(row.model), row.macs_per_image)
 
 
+SKIPPED = {
+    "core": "SS2D core skipped",
+    "scan": "whole scan skipped",
+}
+"""What `without` skips, and how its rows are labelled: "core", the fused cross-scan, recurrence
+and cross-merge (`ss2d_core`); "scan", the projections x_proj and dt_proj as well
+(`SS2D.scan`)."""
+
+
+def _skipped(x: torch.Tensor, *args: object) -> torch.Tensor:
+    """What a skipped core or scan returns: x itself in the scan's output dtype, (b, d, h, w),
+    stored as x is. No work, so the layers after it run on a map of the usual shape, dtype and
+    layout."""
+    return x.to(compute_dtype(x.dtype))  # (b, d, h, w)
+
+
+def without(model: nn.Module, part: str) -> nn.Module:
+    """A copy of `model` whose SS2D blocks skip `part` of their scan (`SKIPPED`). Not a model: its
+    logits mean nothing. It is a bound: the images/s the model would reach if that part cost
+    nothing, every other layer unchanged."""
+    bound = copy.deepcopy(model)
+    for module in bound.modules():
+        if isinstance(module, SS2D):
+            if part == "core":
+                module.ops = dataclasses.replace(module.ops, ss2d_core=_skipped)
+            else:
+                module.scan = _skipped  # an instance attribute shadows the method
+    return bound
+
+
+def bounds_table(rows: list[Row], batches: tuple[int, ...], size: int, rounds: int) -> None:
+    """VMamba-T (the first row) against itself with its core or its whole scan skipped
+    (`without`) and the peers, float32 inference, all interleaved: how fast a free scan would
+    make it, so how much of the gap to each peer the scan can close at all."""
+    vmamba, peers = rows[0], [row for row in rows if not row.name.startswith("VMamba")]
+    for batch in batches:
+        models = {vmamba.name: vmamba.model.eval()}
+        for part, label in SKIPPED.items():
+            models[f"{vmamba.name}, {label} (a bound)"] = without(vmamba.model, part).eval()
+        models.update({row.name: row.model.eval() for row in peers})
+        results = measure({name: make_call(m, batch, size, torch.float32, False) for name, m in models.items()}, rounds)
+        print(f"\n## What a free scan would give: inference, float32, batch {batch} at {size}x{size}\n")
+        print("| model | images/s | vs " + " | vs ".join([vmamba.name] + [row.name for row in peers]) + " |")
+        print("|---|---|" + "---|" * (1 + len(peers)))
+        for name in models:
+            rate = batch / results[name][0]
+            ratios = [rate / (batch / results[other][0]) for other in [vmamba.name] + [row.name for row in peers]]
+            print(f"| {name} | {rate:.2f} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
+
+
 ISOLATED_WARMUP = 3
 """Untimed calls of a model's own process before it times: the first calls load Numba's cached
 kernels and grow the heap to its steady size."""
@@ -294,6 +353,10 @@ def main() -> None:
         "--breakdown", action="store_true", help="only profile VMamba-T's forward by operator category"
     )
     parser.add_argument(
+        "--bounds", action="store_true",
+        help="only time VMamba-T with its SS2D core, then its whole scan, skipped: bounds, not models",
+    )
+    parser.add_argument(
         "--no-compile", action="store_true", help="skip the torch.compile row (it compiles for about a minute per batch size)"
     )
     parser.add_argument(
@@ -320,6 +383,9 @@ def main() -> None:
     rows = build_rows(args.quick, size)
     if args.breakdown:
         breakdown(rows[0], batches[-1], size)
+        return
+    if args.bounds:
+        bounds_table(rows, batches, size, max(rounds, 1 if args.quick else 10))
         return
     reference = rows[0].name  # VMamba-T on the first fast backend (numba when installed)
     compiled = compiled_row(rows[0]) if not args.no_compile else None

@@ -1,5 +1,5 @@
 """benchmarks/bench_cpu.py and bench_models_cpu.py run: their --quick modes, seconds of tiny
-shapes and models, in a subprocess. bench_official_cpu.py refuses a folder that is not the
+shapes and models, in a subprocess; bench_models_cpu's bounds skip what they say and no more. bench_official_cpu.py refuses a folder that is not the
 official checkout, and with one (VMAMBA_OFFICIAL) times both models on the same weights. Where
 torchvision is installed, the benchmarks' way of importing it beside the CPU torch build works.
 
@@ -106,3 +106,66 @@ def test_bench_official_cpu_times_both_models_on_the_same_weights(official_check
     [row] = [line.split() for line in result.stdout.splitlines() if re.match(r"\s+1\s", line)]
     official, ours, ratio = float(row[1]), float(row[2]), float(row[3].rstrip("x"))
     assert official > 0 and ours > 0 and ratio > 0, row
+
+
+def _bench_models_cpu(monkeypatch):
+    """benchmarks/bench_models_cpu.py as a module, its folder on the path as when run."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_models_cpu", ROOT / "benchmarks" / "bench_models_cpu.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_models_cpu", module)  # where its dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _scan_operators(model, images):
+    """How many SS2D cores and batched products (the scan's projections, x_proj and dt_proj:
+    the model's only `bmm`) one forward runs, by the profiler, and the logits."""
+    import torch
+
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        logits = model(images)  # (b, classes)
+    counts = {event.key: event.count for event in profile.key_averages()}
+    return {"core": counts.get("vmamba::ss2d_core_fwd", 0), "projections": counts.get("aten::bmm", 0)}, logits
+
+
+@pytest.mark.parametrize("part", ["core", "scan"])
+def test_the_bounds_skip_their_part_of_the_scan_in_a_copy(monkeypatch, part):
+    # `without(model, part)` must skip exactly that part in every SS2D block, run every other
+    # layer, and leave the model it copies as it was.
+    import torch
+
+    from vmamba_ref import vmamba_mini
+    from vmamba_ref.ss2d import SS2D
+
+    without = _bench_models_cpu(monkeypatch).without
+    torch.manual_seed(0)
+    model = vmamba_mini(backend="numba").eval()
+    images = torch.randn(2, 3, 64, 64)
+    blocks = sum(isinstance(m, SS2D) for m in model.modules())
+    counted, before = _scan_operators(model, images)
+    assert counted == {"core": blocks, "projections": 2 * blocks}, counted
+    counted, logits = _scan_operators(without(model, part), images)
+    # The core skipped is never called; with the whole scan skipped, nothing under it is either.
+    assert counted == {"core": 0, "projections": 0 if part == "scan" else 2 * blocks}, counted
+    assert logits.shape == before.shape and torch.isfinite(logits).all()
+    assert not torch.equal(logits, before)  # the skipped part did change the numbers
+    _, after = _scan_operators(model, images)
+    assert torch.equal(after, before)  # the model itself is untouched
+
+
+def test_bench_models_cpu_prints_the_bounds_table():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_models_cpu.py"), "--quick", "--bounds"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "## What a free scan would give: inference, float32, batch 2 at 64x64" in result.stdout, result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| VMamba-mini (numba)")]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| VMamba-mini (numba)",
+        "| VMamba-mini (numba), SS2D core skipped (a bound)",
+        "| VMamba-mini (numba), whole scan skipped (a bound)",
+    ], rows
+    assert all(float(row.split(" | ")[1]) > 0 for row in rows), rows
+    assert "## inference, float32" not in result.stdout  # only the bounds
