@@ -255,6 +255,8 @@ def without(model: nn.Module, part: str) -> nn.Module:
     """A copy of `model` whose SS2D blocks skip `part` of their scan (`SKIPPED`). Not a model: its
     logits mean nothing. It is a bound: the images/s the model would reach if that part cost
     nothing, every other layer unchanged."""
+    if part not in SKIPPED:
+        raise ValueError(f"without: part must be one of {list(SKIPPED)}, got {part!r}")
     bound = copy.deepcopy(model)
     for module in bound.modules():
         if isinstance(module, SS2D):
@@ -270,6 +272,7 @@ def bounds_table(rows: list[Row], batches: tuple[int, ...], size: int, rounds: i
     (`without`) and the peers, float32 inference, all interleaved: how fast a free scan would
     make it, so how much of the gap to each peer the scan can close at all."""
     vmamba, peers = rows[0], [row for row in rows if not row.name.startswith("VMamba")]
+    columns = [vmamba.name] + [row.name for row in peers]
     for batch in batches:
         models = {vmamba.name: vmamba.model.eval()}
         for part, label in SKIPPED.items():
@@ -277,11 +280,11 @@ def bounds_table(rows: list[Row], batches: tuple[int, ...], size: int, rounds: i
         models.update({row.name: row.model.eval() for row in peers})
         results = measure({name: make_call(m, batch, size, torch.float32, False) for name, m in models.items()}, rounds)
         print(f"\n## What a free scan would give: inference, float32, batch {batch} at {size}x{size}\n")
-        print("| model | images/s | vs " + " | vs ".join([vmamba.name] + [row.name for row in peers]) + " |")
-        print("|---|---|" + "---|" * (1 + len(peers)))
+        print("| model | images/s | vs " + " | vs ".join(columns) + " |")
+        print("|---|---|" + "---|" * len(columns))
         for name in models:
             rate = batch / results[name][0]
-            ratios = [rate / (batch / results[other][0]) for other in [vmamba.name] + [row.name for row in peers]]
+            ratios = [results[other][0] / results[name][0] for other in columns]  # images/s over other's
             print(f"| {name} | {rate:.2f} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
 
 

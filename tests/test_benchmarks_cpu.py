@@ -1,7 +1,8 @@
 """benchmarks/bench_cpu.py and bench_models_cpu.py run: their --quick modes, seconds of tiny
-shapes and models, in a subprocess; bench_models_cpu's bounds skip what they say and no more. bench_official_cpu.py refuses a folder that is not the
-official checkout, and with one (VMAMBA_OFFICIAL) times both models on the same weights. Where
-torchvision is installed, the benchmarks' way of importing it beside the CPU torch build works.
+shapes and models, in a subprocess; bench_models_cpu's bounds skip what they say and no more.
+bench_official_cpu.py refuses a folder that is not the official checkout, and with one
+(VMAMBA_OFFICIAL) times both models on the same weights. Where torchvision is installed, the
+benchmarks' way of importing it beside the CPU torch build works.
 
 One thread: this checks that the script works, not timings, and a two-thread run on a busy
 machine can stall in every parallel region of torch and Numba alike."""
@@ -152,6 +153,8 @@ def test_the_bounds_skip_their_part_of_the_scan_in_a_copy(monkeypatch, part):
     assert not torch.equal(logits, before)  # the skipped part did change the numbers
     _, after = _scan_operators(model, images)
     assert torch.equal(after, before)  # the model itself is untouched
+    with pytest.raises(ValueError, match=r"without: part must be one of \['core', 'scan'\], got 'mlp'"):
+        without(model, "mlp")
 
 
 def test_bench_models_cpu_prints_the_bounds_table():
